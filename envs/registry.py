@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 
 from envs.atari import AtariVecEnv
-from envs.atari_data import ATARI_GAMES
+from envs.atari_data import ATARI_GAMES, HUMAN_SCORES, RANDOM_SCORES
 from train.errors import UserError
 
 GAMES: tuple[str, ...] = ATARI_GAMES
@@ -36,6 +36,23 @@ def resolve_game(name: str) -> str:
 def resolve_games(names: list[str]) -> list[str]:
     """Canonical names for a schedule, in order."""
     return [resolve_game(n) for n in names]
+
+
+def score_bounds(game: str) -> tuple[float, float]:
+    """``(low, high)`` scores that a game's normalised score maps to 0 and 1.
+
+    Atari: the published random and human scores (DQN Zoo). Every normalised score in the project
+    (``eval/hns/<game>``, the forgetting matrix) is ``(score - low) / (high - low)``.
+    """
+    if game in RANDOM_SCORES:
+        return RANDOM_SCORES[game], HUMAN_SCORES[game]
+    raise ValueError(f"no score bounds for {game!r}")
+
+
+def normalized_score(game: str, score: float) -> float:
+    """``(score - low) / (high - low)`` with the bounds of :func:`score_bounds`; NaN stays NaN."""
+    low, high = score_bounds(game)
+    return (score - low) / (high - low)
 
 
 def make_env(game: str, num_envs: int, seed: int, backend: str = "envpool", sticky_action_prob: float = 0.25,

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from agent.model import ActorCritic, Inputs
-from envs.atari_data import human_normalized_score
-from envs.registry import game_id, make_env
+from envs.registry import game_id, make_env, normalized_score
 from eval.forgetting import write_forgetting
 from train.config import EnvConfig, EvalConfig
 
@@ -66,7 +65,7 @@ def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eva
         results = {}
         for game in games:
             mean = float(np.mean(evaluate_game(model, game, env_cfg, eval_cfg, device)))
-            results[game] = (mean, human_normalized_score(game, mean))
+            results[game] = (mean, normalized_score(game, mean))
         return results
     finally:
         model.train(was_training)
@@ -77,6 +76,6 @@ def record_returns(eval_dir: Path, games: list[str], stage_games: list[str], ret
 
     ``games`` are the columns, ``stage_games[s]`` the game trained in stage s. Returns the JSON document.
     """
-    hns = np.array([[human_normalized_score(g, r) for g, r in zip(games, row)] for row in returns])
+    hns = np.array([[normalized_score(g, r) for g, r in zip(games, row)] for row in returns])
     stages = [f"{i}:{g}" for i, g in enumerate(stage_games)]
     return write_forgetting(eval_dir, games, stages, returns, hns, stage_games)
