@@ -1,0 +1,598 @@
+"""The tiered expert store: equally shaped expert records across hbm, dram and NVMe.
+
+Tiers (capacities in experts, ``0 < hbm <= dram <= num_experts``)
+    ``hbm``  a pool of record buffers on the compute device: the working set the model computes
+             with (on a CPU-only machine, host tensors; the tier is still real).
+    ``dram`` a pool of host record buffers, pinned when the device is CUDA.
+    ``nvme`` slab files in the store directory (``storage/slab.py``) holding every expert.
+    The hierarchy is inclusive: an expert in hbm also owns a dram buffer (its write-back target),
+    so dram never evicts an expert that is in hbm.
+
+Eviction (one policy, LRU per tier)
+    The victim is the least recently *demanded* resident that is not pinned, not in use (between
+    :meth:`get` and :meth:`release`) and has no transfer in flight. A dirty victim is written back
+    first (hbm -> its dram buffer; dram -> a free NVMe slot), never dropped.
+
+Concurrency
+    One condition variable guards all bookkeeping; I/O runs outside it. Each expert has at most one
+    transfer in flight (``busy``); every other access to it waits for that transfer, so no expert is
+    read while its write-back is in flight, nor loaded twice. Demand loads run in the calling
+    thread, one at a time (``_demand_lock``, so two demand loads cannot each hold a buffer the other
+    needs); prefetches run on a pool of I/O threads and never wait for a buffer (they are dropped
+    instead), so a demand load always makes progress when the capacities allow it at all.
+
+Durability
+    A write-back to NVMe goes to a slot that no committed state names; :meth:`flush` fsyncs the
+    slabs and then commits the manifest atomically (``storage/manifest.py``). A crash, a full disk
+    or any other failure therefore leaves the last committed state intact; after a failure the
+    store refuses further use (every call re-raises the first error).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from storage.manifest import MANIFEST, Manifest, SlotRef
+from storage.slab import SUFFIX, Record, RecordSpec, SlabFile, empty_record, tensor_crc
+from storage.stats import StoreCounters
+from storage.transfer import Mover
+from train.errors import UserError
+
+
+class CorruptExpertError(UserError):
+    """One or more experts fail their crc32 check; ``experts`` lists their ids."""
+
+    def __init__(self, directory: Path, experts: list[int], detail: str) -> None:
+        self.experts = experts
+        names = ", ".join(str(e) for e in experts)
+        super().__init__(f"expert store {directory}: expert{'s' if len(experts) > 1 else ''} {names} "
+                         f"fail{'' if len(experts) > 1 else 's'} the crc32 check ({detail}); restore from a "
+                         "backup, or open the store without verification to read the others")
+
+
+@dataclass
+class _Expert:
+    """Bookkeeping of one expert (guarded by the store's condition variable)."""
+
+    current: SlotRef
+    """Newest version on NVMe (committed, or written back since the last commit)."""
+    hbm: int | None = None
+    """Index of its hbm buffer, when resident."""
+    dram: int | None = None
+    """Index of its dram buffer, when resident."""
+    hbm_dirty: bool = False
+    """The hbm copy is newer than the dram copy."""
+    dram_dirty: bool = False
+    """The dram copy is newer than NVMe."""
+    busy: bool = False
+    """A transfer of this expert is in flight; everyone else waits."""
+    prefetching: bool = False
+    """The transfer in flight is a prefetch that no demand has waited for yet."""
+    prefetched: bool = False
+    """Brought in by a prefetch and not demanded since."""
+    uses: int = 0
+    """Open :meth:`ExpertStore.get` leases."""
+    pins: int = 0
+
+
+@dataclass
+class _Pool:
+    """A tier's buffers and LRU order (expert ids, least recently demanded first)."""
+
+    buffers: list[Record]
+    free: list[int] = field(default_factory=list)
+    lru: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    events: list = field(default_factory=list)
+    """Per buffer, the CUDA event of the last copy or release touching it (None on CPU)."""
+
+
+class ExpertStore:
+    """Many equally shaped expert records across hbm, dram and NVMe (see the module docstring)."""
+
+    def __init__(self, directory: Path, manifest: Manifest, hbm: int, dram: int, device: torch.device | str,
+                 io_threads: int = 2, keep_snapshots: int = 2, record_trace: bool = False) -> None:
+        """Use :meth:`create` or :meth:`open`."""
+        self.directory = Path(directory)
+        self.spec: RecordSpec = manifest.spec
+        self.num_experts = manifest.num_experts
+        validate_capacities(hbm, dram, self.num_experts)
+        self.hbm_capacity, self.dram_capacity = hbm, dram
+        self.device = torch.device(device)
+        self.keep_snapshots = keep_snapshots
+        self._manifest = manifest
+        self._slabs = {k: SlabFile(self.directory / f"{k}{SUFFIX}", s, self.num_experts * manifest.slots_per_expert,
+                                   create=False) for k, s in self.spec.items()}
+        self._mover = Mover(self.device)
+        self._experts = [_Expert(current=ref) for ref in manifest.experts]
+        cuda = self.device.type == "cuda"
+        self._hbm = _Pool([empty_record(self.spec, self.device) for _ in range(hbm)], list(range(hbm)), events=[None] * hbm)
+        self._dram = _Pool([empty_record(self.spec, pin_memory=cuda) for _ in range(dram)], list(range(dram)),
+                           events=[None] * dram)
+        self._record_bytes = sum(s.nbytes for s in self.spec.values())
+        self._cv = threading.Condition()
+        self._demand_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="expert-io")
+        self._error: BaseException | None = None
+        self.counters = StoreCounters()
+        self.trace: list[list[int]] | None = [] if record_trace else None
+        """Demand accesses, one list of expert ids per :meth:`get` (when ``record_trace``)."""
+
+    # ----------------------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, directory: Path, spec: RecordSpec, num_experts: int, hbm: int, dram: int,
+               device: torch.device | str = "cpu", init: Callable[[int], Record] | None = None,
+               keep_snapshots: int = 2, **kwargs) -> "ExpertStore":
+        """Make a new store in ``directory`` holding ``init(e)`` (zeros if None) for every expert."""
+        directory = Path(directory)
+        validate_capacities(hbm, dram, num_experts)
+        if (directory / MANIFEST).exists():
+            raise UserError(f"{directory} already holds an expert store; open it instead")
+        directory.mkdir(parents=True, exist_ok=True)
+        slots = 2 + keep_snapshots
+        slabs = {k: SlabFile(directory / f"{k}{SUFFIX}", s, num_experts * slots, create=True) for k, s in spec.items()}
+        zeros = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in spec.items()}
+        refs = []
+        try:
+            for e in range(num_experts):
+                record = init(e) if init is not None else zeros
+                for k, slab in slabs.items():
+                    slab.write(e * slots, record[k].contiguous())
+                refs.append(SlotRef(0, 0, {k: tensor_crc(record[k].contiguous()) for k in spec}))
+            for slab in slabs.values():
+                slab.sync()
+        finally:
+            for slab in slabs.values():
+                slab.close()
+        manifest = Manifest(spec, num_experts, slots, refs)
+        manifest.save(directory)
+        return cls(directory, manifest, hbm, dram, device, keep_snapshots=keep_snapshots, **kwargs)
+
+    @classmethod
+    def open(cls, directory: Path, hbm: int, dram: int, device: torch.device | str = "cpu", verify: bool = True,
+             snapshot: str | None = None, keep_snapshots: int = 2, **kwargs) -> "ExpertStore":
+        """Open an existing store; ``verify`` checks every expert's crc32 (raises
+        :class:`CorruptExpertError` naming the bad ones); ``snapshot`` rolls the store back to the
+        state saved by :meth:`checkpoint` under that tag (later snapshots are dropped)."""
+        directory = Path(directory)
+        manifest = Manifest.load(directory)
+        if snapshot is not None:
+            if snapshot not in manifest.snapshots:
+                raise UserError(f"expert store {directory} has no snapshot {snapshot!r} "
+                                f"(it has: {', '.join(manifest.snapshot_order) or 'none'})")
+            manifest.experts = [replace(r) for r in manifest.snapshots[snapshot]]
+            for later in manifest.snapshot_order[manifest.snapshot_order.index(snapshot) + 1:]:
+                del manifest.snapshots[later]
+            manifest.snapshot_order = manifest.snapshot_order[: manifest.snapshot_order.index(snapshot) + 1]
+            manifest.seq += 1
+            manifest.save(directory)
+        store = cls(directory, manifest, hbm, dram, device, keep_snapshots=keep_snapshots, **kwargs)
+        if verify:
+            bad = store.verify()
+            if bad:
+                store.close()
+                first = bad[min(bad)]
+                raise CorruptExpertError(directory, sorted(bad), first)
+        return store
+
+    def verify(self) -> dict[int, str]:
+        """Read every expert's committed version from NVMe and check its crc32: ``{expert: what failed}``."""
+        scratch = empty_record(self.spec)
+        bad = {}
+        for e, ref in enumerate(self._manifest.experts):
+            for k, slab in self._slabs.items():
+                slab.read(self._manifest.global_slot(e, ref.slot), scratch[k])
+                if tensor_crc(scratch[k]) != ref.crc[k]:
+                    bad[e] = f"kind {k!r}, slot {ref.slot}"
+                    break
+        return bad
+
+    # ----------------------------------------------------------------------------- demand access
+    def get(self, ids: Iterable[int]) -> list[Record]:
+        """The hbm records of ``ids`` (in that order), loading misses; each stays resident (and must
+        not be evicted) until :meth:`release`. Blocks on misses; the wait is ``stall_s``."""
+        ids = list(ids)
+        unique = list(dict.fromkeys(ids))
+        self._check_ids(unique)
+        if self.trace is not None:
+            self.trace.append(unique)
+        stall = 0.0
+        for e in unique:
+            stall += self._acquire(e)
+        with self._cv:
+            self.counters.stall_s += stall
+            records = {e: self._hbm.buffers[self._experts[e].hbm] for e in unique}
+            events = [self._hbm.events[self._experts[e].hbm] for e in unique]
+        for event in events:
+            self._mover.use_on_compute(event)
+        return [records[e] for e in ids]
+
+    def release(self, ids: Iterable[int], dirty: bool = False) -> None:
+        """End the lease of :meth:`get` on ``ids``; ``dirty``: their hbm records were modified."""
+        point = self._mover.compute_point()
+        with self._cv:
+            for e in dict.fromkeys(ids):
+                ent = self._experts[e]
+                if ent.uses <= 0 or ent.hbm is None:
+                    raise RuntimeError(f"release of expert {e}, which is not in use")
+                ent.uses -= 1
+                ent.hbm_dirty |= dirty
+                if point is not None:
+                    self._hbm.events[ent.hbm] = point
+            self._cv.notify_all()
+
+    @contextmanager
+    def use(self, ids: Iterable[int], dirty: bool = False) -> Iterator[list[Record]]:
+        """``with store.use(ids, dirty=True) as records:`` get, then release (marking dirty)."""
+        ids = list(ids)
+        records = self.get(ids)
+        try:
+            yield records
+        finally:
+            self.release(ids, dirty)
+
+    def _acquire(self, e: int) -> float:
+        """Make expert ``e`` hbm-resident and leased; count the access once; return the seconds waited."""
+        ent = self._experts[e]
+        counted = False
+        start = None
+        while True:
+            with self._cv:
+                self._check_error()
+                if ent.hbm is not None and not ent.busy:
+                    if not counted:
+                        self.counters.hbm_hits += 1
+                    if ent.prefetched:
+                        self.counters.prefetch_used += 1
+                        ent.prefetched = False
+                    ent.uses += 1
+                    self._touch(e)
+                    return 0.0 if start is None else time.perf_counter() - start
+                if not counted:
+                    counted = True
+                    self.counters.hbm_misses += 1
+                    if ent.busy and ent.prefetching:
+                        self.counters.prefetch_late += 1
+                        self.counters.prefetch_used += 1
+                        ent.prefetching = False  # this prefetch is used: it will not count again
+                if start is None:
+                    start = time.perf_counter()
+                if ent.busy:
+                    self._cv.wait()
+                    continue
+            with self._demand_lock:
+                with self._cv:
+                    if ent.busy or ent.hbm is not None:  # changed while this thread waited for the lock
+                        continue
+                    self.counters.dram_hits += ent.dram is not None
+                    self.counters.dram_misses += ent.dram is None
+                    ent.busy = True
+                    ent.uses += 1  # leased before the load ends, so nothing evicts it in between
+                self._guarded(self._bring_in, e, False)
+            with self._cv:
+                self._touch(e)
+            return time.perf_counter() - start
+
+    def _touch(self, e: int) -> None:
+        """Mark a demand access in the LRU orders (lock held)."""
+        self._hbm.lru.move_to_end(e)
+        if self._experts[e].dram is not None:
+            self._dram.lru.move_to_end(e)
+
+    # ----------------------------------------------------------------------------- prefetch, pins
+    def prefetch(self, ids: Iterable[int]) -> None:
+        """Start bringing ``ids`` into hbm on the I/O threads; returns at once."""
+        ids = list(dict.fromkeys(ids))
+        self._check_ids(ids)
+        started = []
+        with self._cv:
+            self._check_error()
+            for e in ids:
+                ent = self._experts[e]
+                if ent.hbm is not None or ent.busy:
+                    continue
+                ent.busy = ent.prefetching = True
+                self.counters.prefetch_issued += 1
+                started.append(e)
+        for e in started:
+            self._pool.submit(self._guarded, self._prefetch_job, e)
+
+    def pin(self, ids: Iterable[int]) -> None:
+        """Never evict ``ids`` from hbm until :meth:`unpin`; prefetches those not resident."""
+        ids = list(dict.fromkeys(ids))
+        self._check_ids(ids)
+        with self._cv:
+            pinned = {e for e, ent in enumerate(self._experts) if ent.pins} | set(ids)
+            if len(pinned) >= self.hbm_capacity:
+                raise UserError(f"cannot pin {len(pinned)} experts in an hbm tier of {self.hbm_capacity}: "
+                                "leave room for the experts in use (raise --hbm-experts or pin fewer)")
+            for e in ids:
+                self._experts[e].pins += 1
+        self.prefetch(ids)
+
+    def unpin(self, ids: Iterable[int]) -> None:
+        """Undo one :meth:`pin` of each of ``ids``."""
+        with self._cv:
+            for e in dict.fromkeys(ids):
+                if self._experts[e].pins <= 0:
+                    raise RuntimeError(f"unpin of expert {e}, which is not pinned")
+                self._experts[e].pins -= 1
+            self._cv.notify_all()
+
+    def _prefetch_job(self, e: int) -> None:
+        self._bring_in(e, prefetch=True)
+
+    # ----------------------------------------------------------------------------- movement
+    def _bring_in(self, e: int, prefetch: bool) -> bool:
+        """Load expert ``e`` (claimed: ``busy`` set by the caller) into hbm; False if a prefetch
+        found no buffer. Clears ``busy`` (and settles the prefetch bookkeeping) when done."""
+        ent = self._experts[e]
+        loaded = False
+        try:
+            with self._cv:
+                h, victim = self._reserve(self._hbm, e, prefetch, lambda x: True)
+            if h is None:
+                return False
+            if victim is not None:
+                self._evict_hbm(victim, h)
+            if ent.dram is None:
+                with self._cv:
+                    d, dvictim = self._reserve(self._dram, e, prefetch, lambda x: self._experts[x].hbm is None)
+                if d is None:
+                    with self._cv:
+                        self._hbm.free.append(h)
+                    return False
+                if dvictim is not None:
+                    self._evict_dram(dvictim, d)
+                self._read_nvme(e, d)
+                with self._cv:
+                    ent.dram = d
+                    self._dram.lru[e] = None
+            ready = self._mover.copy(self._dram.buffers[ent.dram], self._hbm.buffers[h], after=self._hbm.events[h])
+            self._hbm.events[h] = self._dram.events[ent.dram] = ready
+            with self._cv:
+                ent.hbm = h
+                self._hbm.lru[e] = None
+                self.counters.bytes_dram_to_hbm += self._record_bytes
+            loaded = True
+            return True
+        finally:
+            with self._cv:
+                ent.busy = False
+                if prefetch:
+                    ent.prefetched = loaded and ent.prefetching  # not if a demand already used it
+                    ent.prefetching = False
+                    self.counters.prefetch_dropped += not loaded
+                self._cv.notify_all()
+
+    def _reserve(self, pool: _Pool, owner: int, prefetch: bool,
+                 eligible: Callable[[int], bool]) -> tuple[int | None, int | None]:
+        """A buffer of ``pool`` for a new resident: a free one, or an evicted victim's (returned as
+        ``(buffer, victim)``: the caller writes the victim back before reusing the buffer). Called
+        with the lock held; a demand waits for transfers in flight, a prefetch gives up."""
+        while True:
+            self._check_error()
+            if pool.free:
+                return pool.free.pop(), None
+            for x in pool.lru:
+                ent = self._experts[x]
+                if not ent.busy and ent.uses == 0 and ent.pins == 0 and eligible(x):
+                    del pool.lru[x]
+                    ent.busy = True
+                    return self._detach(pool, x), x
+            if prefetch:
+                return None, None
+            if not any(ent.busy for x, ent in enumerate(self._experts) if x != owner):
+                tier = "hbm" if pool is self._hbm else "dram"
+                raise UserError(f"the {tier} tier ({len(pool.buffers)} experts) cannot hold the experts in use "
+                                "and pinned at once; raise its capacity")
+            self._cv.wait()
+
+    def _detach(self, pool: _Pool, x: int) -> int:
+        ent = self._experts[x]
+        if pool is self._hbm:
+            buf, ent.hbm = ent.hbm, None
+            self.counters.evictions_hbm += 1
+            if ent.prefetched:
+                self.counters.prefetch_wasted += 1
+                ent.prefetched = False
+        else:
+            buf, ent.dram = ent.dram, None
+            self.counters.evictions_dram += 1
+        return buf
+
+    def _evict_hbm(self, x: int, h: int) -> None:
+        """Write victim ``x``'s hbm buffer ``h`` back to its dram buffer if dirty; clears ``busy``."""
+        try:
+            self._write_back_hbm(x, h)
+        finally:
+            with self._cv:
+                self._experts[x].busy = False
+                self._cv.notify_all()
+
+    def _write_back_hbm(self, x: int, h: int) -> None:
+        """Copy expert ``x``'s hbm buffer ``h`` into its dram buffer if the hbm copy is newer."""
+        ent = self._experts[x]
+        if not ent.hbm_dirty:
+            return
+        done = self._mover.copy(self._hbm.buffers[h], self._dram.buffers[ent.dram], after=self._hbm.events[h])
+        self._mover.wait_host(done)
+        self._hbm.events[h] = done
+        with self._cv:
+            ent.hbm_dirty = False
+            ent.dram_dirty = True
+            self.counters.bytes_hbm_to_dram += self._record_bytes
+
+    def _evict_dram(self, x: int, d: int) -> None:
+        """Write victim ``x``'s dram buffer ``d`` to a free NVMe slot if dirty; clears ``busy``."""
+        ent = self._experts[x]
+        try:
+            if ent.dram_dirty:
+                self._mover.wait_host(self._dram.events[d])
+                self._write_nvme(x, self._dram.buffers[d])
+        finally:
+            with self._cv:
+                ent.busy = False
+                self._cv.notify_all()
+
+    def _write_nvme(self, x: int, record: Record) -> None:
+        """Write a host record of expert ``x`` into a slot no committed state names (uncommitted until
+        :meth:`flush`). Takes the lock only for bookkeeping (re-entrant: flush calls it holding it)."""
+        ent = self._experts[x]
+        with self._cv:
+            slot = self._manifest.free_slot(x, prefer=ent.current.slot)
+        for k, slab in self._slabs.items():
+            slab.write(self._manifest.global_slot(x, slot), record[k])
+        crc = {k: tensor_crc(record[k]) for k in self.spec}
+        with self._cv:
+            ent.current = SlotRef(slot, ent.current.version + 1, crc)
+            ent.dram_dirty = False
+            self.counters.bytes_dram_to_nvme += self._record_bytes
+
+    def _read_nvme(self, e: int, d: int) -> None:
+        """Fill dram buffer ``d`` with expert ``e``'s newest NVMe version and check its crc32."""
+        self._mover.wait_host(self._dram.events[d])
+        ref = self._experts[e].current
+        record = self._dram.buffers[d]
+        for k, slab in self._slabs.items():
+            slab.read(self._manifest.global_slot(e, ref.slot), record[k])
+            if tensor_crc(record[k]) != ref.crc[k]:
+                raise CorruptExpertError(self.directory, [e], f"kind {k!r}, slot {ref.slot}")
+        with self._cv:
+            self.counters.bytes_nvme_to_dram += self._record_bytes
+
+    # ----------------------------------------------------------------------------- durability
+    def flush(self, snapshot: str | None = None) -> None:
+        """Write every dirty expert down to NVMe and commit the manifest (fsync slabs, then an atomic
+        manifest replace). ``snapshot``: also retain this state under that tag (see :meth:`checkpoint`).
+
+        Call it at a quiet point: experts in use are written as they are at this moment."""
+        with self._cv:
+            self._check_error()
+            while any(ent.busy for ent in self._experts):
+                self._cv.wait()
+            try:
+                self._flush_locked(snapshot)
+            except BaseException as err:
+                self._error = err
+                raise
+
+    def checkpoint(self, tag: str) -> None:
+        """Flush, and retain this committed state as snapshot ``tag`` (the newest ``keep_snapshots``
+        are kept) so :meth:`open` can roll back to it even after later write-backs."""
+        self.flush(snapshot=tag)
+
+    def _flush_locked(self, snapshot: str | None) -> None:
+        for e, ent in enumerate(self._experts):
+            if ent.hbm is not None:
+                self._hbm.events[ent.hbm] = self._mover.compute_point()
+                self._write_back_hbm(e, ent.hbm)
+            if ent.dram is not None and ent.dram_dirty:
+                self._write_nvme(e, self._dram.buffers[ent.dram])
+        for slab in self._slabs.values():
+            slab.sync()
+        m = self._manifest
+        committed = [replace(ent.current) for ent in self._experts]
+        snapshots, order = dict(m.snapshots), list(m.snapshot_order)
+        if snapshot is not None:
+            if snapshot in snapshots:
+                order.remove(snapshot)
+            snapshots[snapshot] = [replace(r) for r in committed]
+            order.append(snapshot)
+            for old in order[: max(0, len(order) - self.keep_snapshots)]:
+                del snapshots[old]
+            order = order[-self.keep_snapshots:] if self.keep_snapshots else []
+        new = Manifest(m.spec, m.num_experts, m.slots_per_expert, committed, m.seq + 1, snapshots, order)
+        new.save(self.directory)
+        self._manifest = new
+
+    @property
+    def snapshots(self) -> list[str]:
+        """Retained snapshot tags, oldest first."""
+        with self._cv:
+            return list(self._manifest.snapshot_order)
+
+    @property
+    def committed_versions(self) -> list[int]:
+        """Committed version of each expert (number of write-backs that reached a commit)."""
+        with self._cv:
+            return [r.version for r in self._manifest.experts]
+
+    # ----------------------------------------------------------------------------- introspection
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters and rates (``storage/stats.py``), plus the current residency."""
+        with self._cv:
+            d = self.counters.as_dict()
+            d["resident_hbm"] = len(self._hbm.lru)
+            d["resident_dram"] = len(self._dram.lru)
+            d["pinned"] = sum(1 for ent in self._experts if ent.pins)
+            d["dirty"] = sum(1 for ent in self._experts if ent.hbm_dirty or ent.dram_dirty)
+        return d
+
+    def tier_of(self, e: int) -> str:
+        """``"hbm"``, ``"dram"`` or ``"nvme"``: the fastest tier holding expert ``e`` now."""
+        with self._cv:
+            ent = self._experts[e]
+            return "hbm" if ent.hbm is not None else "dram" if ent.dram is not None else "nvme"
+
+    def wait_idle(self) -> None:
+        """Block until no transfer is in flight (e.g. before reading counters in a test or benchmark)."""
+        with self._cv:
+            while any(ent.busy for ent in self._experts):
+                self._cv.wait()
+            self._check_error()
+
+    def drop_page_cache(self) -> None:
+        """Evict the slab files from the OS page cache, so NVMe reads are real reads (benchmarks)."""
+        for slab in self._slabs.values():
+            slab.drop_cache()
+
+    def close(self) -> None:
+        """Stop the I/O threads and close the files (no implicit flush: uncommitted work is dropped)."""
+        self._pool.shutdown(wait=True)
+        for slab in self._slabs.values():
+            slab.close()
+
+    def __enter__(self) -> "ExpertStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- helpers
+    def _guarded(self, fn: Callable, *args):
+        """Run an I/O step; the first failure is kept and every later call re-raises it."""
+        try:
+            return fn(*args)
+        except BaseException as err:
+            with self._cv:
+                if self._error is None:
+                    self._error = err
+                self._cv.notify_all()
+            raise
+
+    def _check_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _check_ids(self, ids: list[int]) -> None:
+        for e in ids:
+            if not 0 <= e < self.num_experts:
+                raise IndexError(f"expert id {e} out of range [0, {self.num_experts})")
+        if len(ids) > self.hbm_capacity:
+            raise UserError(f"{len(ids)} experts requested at once, but the hbm tier holds {self.hbm_capacity}")
+
+
+def validate_capacities(hbm: int, dram: int, total: int) -> None:
+    """``0 < hbm <= dram <= total``, or a UserError that says which bound is broken."""
+    if not 0 < hbm <= dram <= total:
+        raise UserError(f"expert store capacities must satisfy 0 < hbm <= dram <= experts; got hbm={hbm}, "
+                        f"dram={dram}, experts={total}")

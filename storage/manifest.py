@@ -1,0 +1,138 @@
+"""The expert store's manifest: which slab slot holds each expert's committed version, and its crc32.
+
+Versioned slots (a generalisation of A/B slots)
+    Each expert owns ``slots_per_expert`` slots in every slab file (``storage/slab.py``). The
+    manifest names one of them as the expert's *committed* slot; retained snapshots (the expert
+    state that a training checkpoint refers to) may name others. A write-back always goes to a slot
+    that neither the committed state nor any retained snapshot names (:meth:`Manifest.free_slot`),
+    so a crash in the middle of a write can only tear a slot that nothing committed points to.
+    With ``K`` retained snapshots, ``2 + K`` slots per expert always leave one free.
+
+Commit protocol (``ExpertStore.flush``)
+    write the new versions into free slots -> fsync every slab file -> write this manifest with
+    :func:`storage.atomic.atomic_write_text` (temp file, fsync, rename, fsync dir). Until the rename,
+    the old manifest and the old slots are intact; after it, the new ones are on the disk.
+
+File format (``manifest.json``)
+    ``{"format": 1, "seq": commits so far, "num_experts", "slots_per_expert",
+    "spec": {kind: {"shape", "dtype"}}, "experts": [[slot, version, {kind: crc32}], ...],
+    "snapshots": {tag: [[slot, version, {kind: crc32}], ...]}, "snapshot_order": [tag, ...],
+    "checksum": crc32 of the canonical JSON of everything else}``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.atomic import atomic_write_text
+from storage.slab import RecordSpec, TensorSpec
+from train.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass
+class SlotRef:
+    """Where one version of one expert lives, and how to check it."""
+
+    slot: int
+    """Slot index within the expert's own slots, ``0 <= slot < slots_per_expert``."""
+    version: int
+    """Write-back counter of this expert (0 = as created)."""
+    crc: dict[str, int]
+    """crc32 of each kind's bytes."""
+
+    def to_json(self) -> list:
+        return [self.slot, self.version, self.crc]
+
+    @staticmethod
+    def from_json(x: list) -> "SlotRef":
+        return SlotRef(int(x[0]), int(x[1]), {k: int(v) for k, v in x[2].items()})
+
+
+@dataclass
+class Manifest:
+    """The committed state of an expert store (see the module docstring)."""
+
+    spec: RecordSpec
+    num_experts: int
+    slots_per_expert: int
+    experts: list[SlotRef]
+    """Committed version of each expert, by expert id."""
+    seq: int = 0
+    """Number of commits so far."""
+    snapshots: dict[str, list[SlotRef]] = field(default_factory=dict)
+    """Retained snapshots: tag -> the committed state of every expert when it was taken."""
+    snapshot_order: list[str] = field(default_factory=list)
+    """Snapshot tags, oldest first."""
+
+    def global_slot(self, expert: int, slot: int) -> int:
+        """Index of an expert's ``slot`` in the slab files."""
+        return expert * self.slots_per_expert + slot
+
+    def free_slot(self, expert: int, prefer: int | None = None) -> int:
+        """A slot of ``expert`` that no committed or retained state names (``prefer`` if it is one)."""
+        taken = {self.experts[expert].slot} | {refs[expert].slot for refs in self.snapshots.values()}
+        if prefer is not None and prefer not in taken:
+            return prefer
+        for slot in range(self.slots_per_expert):
+            if slot not in taken:
+                return slot
+        raise RuntimeError(f"expert {expert}: all {self.slots_per_expert} slots are referenced; "
+                           f"too many snapshots ({len(self.snapshots)}) retained")
+
+    def to_json(self) -> str:
+        body = {
+            "format": FORMAT,
+            "seq": self.seq,
+            "num_experts": self.num_experts,
+            "slots_per_expert": self.slots_per_expert,
+            "spec": {k: s.to_json() for k, s in self.spec.items()},
+            "experts": [r.to_json() for r in self.experts],
+            "snapshots": {t: [r.to_json() for r in refs] for t, refs in self.snapshots.items()},
+            "snapshot_order": self.snapshot_order,
+        }
+        body["checksum"] = _checksum(body)
+        return json.dumps(body)
+
+    @staticmethod
+    def from_json(text: str, where: Path) -> "Manifest":
+        try:
+            body = json.loads(text)
+            checksum = body.pop("checksum")
+        except (ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"expert store manifest {where} is unreadable ({e}); restore the run from a backup") from e
+        if checksum != _checksum(body):
+            raise UserError(f"expert store manifest {where} fails its checksum; restore the run from a backup")
+        if body.get("format") != FORMAT:
+            raise UserError(f"expert store manifest {where} has format {body.get('format')}, expected {FORMAT}")
+        return Manifest(
+            spec={k: TensorSpec.from_json(s) for k, s in body["spec"].items()},
+            num_experts=body["num_experts"],
+            slots_per_expert=body["slots_per_expert"],
+            experts=[SlotRef.from_json(x) for x in body["experts"]],
+            seq=body["seq"],
+            snapshots={t: [SlotRef.from_json(x) for x in refs] for t, refs in body["snapshots"].items()},
+            snapshot_order=list(body["snapshot_order"]),
+        )
+
+    def save(self, directory: Path) -> None:
+        """Commit: atomically replace ``directory/manifest.json``."""
+        atomic_write_text(Path(directory) / MANIFEST, self.to_json())
+
+    @staticmethod
+    def load(directory: Path) -> "Manifest":
+        path = Path(directory) / MANIFEST
+        try:
+            text = path.read_text()
+        except FileNotFoundError as e:
+            raise UserError(f"no expert store in {directory} ({MANIFEST} is missing)") from e
+        return Manifest.from_json(text, path)
+
+
+def _checksum(body: dict) -> int:
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())

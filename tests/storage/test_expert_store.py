@@ -1,0 +1,424 @@
+"""The tiered expert store: byte-exact round trips under churn, counters, pins, snapshots,
+corruption, a full disk, and SIGKILLs in the middle of write-backs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import storage.slab
+from storage.expert_store import CorruptExpertError, ExpertStore
+from storage.manifest import Manifest
+from storage.slab import TensorSpec
+from train.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+# Two kinds of different dtypes and sizes (one not a multiple of 4 KiB, one over a page).
+SPEC = {"w": TensorSpec((3, 700), torch.float32), "m": TensorSpec((5,), torch.float64)}
+
+
+def _random_record(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    return {k: torch.randn(s.shape, dtype=s.dtype, generator=gen) for k, s in SPEC.items()}
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Byte-exact equality of two records (NaN-safe: compares the raw bytes)."""
+    return all(torch.equal(a[k].cpu().view(torch.uint8), b[k].cpu().view(torch.uint8)) for k in SPEC)
+
+
+def _make(tmp_path: Path, n: int = 12, hbm: int = 3, dram: int = 6, seed: int = 0, **kw) -> tuple[ExpertStore, dict]:
+    gen = torch.Generator().manual_seed(seed)
+    truth = {e: _random_record(gen) for e in range(n)}
+    store = ExpertStore.create(tmp_path / "experts", SPEC, n, hbm, dram, init=lambda e: truth[e], **kw)
+    return store, truth
+
+
+def test_round_trip_byte_exact_through_every_tier_under_churn_and_concurrent_prefetch(tmp_path: Path) -> None:
+    n, hbm, dram = 40, 6, 12
+    store, truth = _make(tmp_path, n, hbm, dram)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    ops = {"reads": 0, "writes": 0, "accesses": 0}
+    lock = threading.Lock()
+
+    def worker(rank: int) -> None:
+        # Each worker owns the experts e % 2 == rank: it alone writes them (the store does not
+        # arbitrate between two writers of one expert; the learner is its only writer).
+        rng = random.Random(rank)
+        gen = torch.Generator().manual_seed(100 + rank)
+        mine = [e for e in range(n) if e % 2 == rank]
+        try:
+            for i in range(1500):
+                ids = rng.sample(mine, rng.choice([1, 2]))
+                records = store.get(ids)
+                for e, rec in zip(ids, records):
+                    assert _equal(rec, truth[e]), f"read of expert {e} differs at op {i}"
+                write = rng.random() < 0.5
+                if write:
+                    for e, rec in zip(ids, records):
+                        new = _random_record(gen)
+                        for k in SPEC:
+                            rec[k].copy_(new[k])
+                        truth[e] = new
+                store.release(ids, dirty=write)
+                with lock:
+                    ops["reads" if not write else "writes"] += 1
+                    ops["accesses"] += len(ids)
+                if rank == 0 and i % 500 == 499:
+                    store.flush()
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    def prefetcher(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            store.prefetch(rng.sample(range(n), 3))
+            time.sleep(0.0005)
+
+    workers = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    prefetchers = [threading.Thread(target=prefetcher, args=(10 + s,)) for s in range(3)]
+    for t in workers + prefetchers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    for t in prefetchers:
+        t.join()
+    assert not errors, errors[0]
+    store.wait_idle()
+    stats = store.stats()
+    store.flush()
+    store.close()
+
+    assert ops["reads"] + ops["writes"] == 3000 and ops["writes"] > 1000
+    for link in ("nvme_to_dram", "dram_to_hbm", "hbm_to_dram", "dram_to_nvme"):
+        assert stats[f"bytes_{link}"] > 0, link
+    assert stats["evictions_hbm"] > 100 and stats["evictions_dram"] > 100
+    assert stats["prefetch_issued"] > 100 and stats["prefetch_used"] > 0
+    assert stats["hbm_hits"] + stats["hbm_misses"] == ops["accesses"]
+    assert 0 < stats["hit_rate_hbm"] < 1
+
+    reopened = ExpertStore.open(tmp_path / "experts", hbm, dram)  # verifies every crc32
+    for e in range(n):
+        with reopened.use([e]) as (rec,):
+            assert _equal(rec, truth[e]), f"expert {e} differs after reopen"
+    reopened.close()
+
+
+def test_counters_follow_demand_accesses_exactly(tmp_path: Path) -> None:
+    store, truth = _make(tmp_path, n=6, hbm=2, dram=3)
+    with store.use([0]):
+        pass  # miss in hbm and dram (from NVMe)
+    with store.use([0]):
+        pass  # hit
+    store.prefetch([1])
+    store.wait_idle()
+    with store.use([1]) as (rec,):
+        assert _equal(rec, truth[1])  # a hit, and a used prefetch
+    store.prefetch([2])  # evicts 0 (LRU), brings 2
+    store.wait_idle()
+    with store.use([3]):
+        pass  # evicts 1 from hbm; 2 is unused -> [1, 2] LRU: evicts 1 first
+    with store.use([4]):
+        pass  # evicts 2 from hbm: a wasted prefetch
+    store.wait_idle()
+    s = store.stats()
+    assert (s["hbm_hits"], s["hbm_misses"]) == (2, 3)
+    assert (s["dram_hits"], s["dram_misses"]) == (0, 3)
+    assert (s["prefetch_issued"], s["prefetch_used"], s["prefetch_wasted"], s["prefetch_late"]) == (2, 1, 1, 0)
+    assert s["hit_rate_hbm"] == pytest.approx(2 / 5)
+    assert s["prefetch_precision"] == pytest.approx(1 / 2)
+    assert s["prefetch_coverage"] == pytest.approx(1 / 4)
+    record_bytes = 3 * 700 * 4 + 5 * 8
+    assert s["bytes_nvme_to_dram"] == 5 * record_bytes  # 0, 1, 2, 3, 4 each read once
+    assert s["bytes_hbm_to_dram"] == 0 and s["bytes_dram_to_nvme"] == 0  # nothing was dirty
+    with store.use([2]):
+        pass  # 2 is still in dram: an hbm miss that is a dram hit
+    assert store.stats()["dram_hits"] == 1
+    store.close()
+
+
+def test_pinned_experts_are_never_evicted_and_dirty_ones_never_dropped(tmp_path: Path) -> None:
+    store, truth = _make(tmp_path, n=10, hbm=3, dram=4)
+    store.pin([7])
+    store.wait_idle()
+    with store.use([5], dirty=True) as (rec,):
+        rec["w"].fill_(5.0)
+        truth[5] = {k: v.clone() for k, v in rec.items()}
+    for e in [0, 1, 2, 3, 4, 6, 8, 9, 0, 1, 2]:
+        with store.use([e]):
+            pass
+        assert store.tier_of(7) == "hbm"
+    assert store.tier_of(5) == "nvme"  # evicted through both tiers, written back on the way
+    with store.use([5]) as (rec,):
+        assert _equal(rec, truth[5])
+    store.unpin([7])
+    for e in [0, 1, 2]:
+        with store.use([e]):
+            pass
+    assert store.tier_of(7) != "hbm"
+    with pytest.raises(UserError, match="cannot pin"):
+        store.pin([0, 1, 2])
+    store.close()
+
+
+def test_late_prefetch_is_a_miss_that_stalls_and_counts_as_used(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=4, hbm=2, dram=2)
+    slow_read = storage.slab.SlabFile.read
+
+    def delayed(self, slot, out):  # a slow disk, so the demand arrives while the prefetch is in flight
+        time.sleep(0.05)
+        slow_read(self, slot, out)
+
+    storage.slab.SlabFile.read = delayed
+    try:
+        store.prefetch([1])
+        with store.use([1]):
+            pass
+    finally:
+        storage.slab.SlabFile.read = slow_read
+    s = store.stats()
+    assert (s["hbm_misses"], s["prefetch_late"], s["prefetch_used"]) == (1, 1, 1)
+    assert s["stall_s"] > 0.02
+    assert s["prefetch_timeliness"] == 0.0
+    store.close()
+
+
+def test_capacities_are_validated(tmp_path: Path) -> None:
+    for hbm, dram, n in [(0, 2, 4), (3, 2, 4), (2, 5, 4)]:
+        with pytest.raises(UserError, match="0 < hbm <= dram <= experts"):
+            ExpertStore.create(tmp_path / f"s{hbm}{dram}{n}", SPEC, n, hbm, dram)
+    store, _ = _make(tmp_path, n=6, hbm=2, dram=3)
+    with pytest.raises(UserError, match="3 experts requested at once"):
+        store.get([0, 1, 2])
+    store.close()
+    with pytest.raises(UserError, match="already holds an expert store"):
+        ExpertStore.create(tmp_path / "experts", SPEC, 6, 2, 3)
+    with pytest.raises(UserError, match="no expert store"):
+        ExpertStore.open(tmp_path / "nothing", 2, 3)
+
+
+def test_snapshot_rolls_back_after_later_write_backs(tmp_path: Path) -> None:
+    store, truth = _make(tmp_path, n=6, hbm=2, dram=3)
+
+    def write_all(value: float) -> None:
+        for e in range(6):
+            with store.use([e], dirty=True) as (rec,):
+                rec["w"].fill_(value + e)
+
+    write_all(1.0)
+    store.checkpoint("frames_100")
+    write_all(2.0)
+    store.flush()
+    write_all(3.0)  # evictions write these to free slots, uncommitted
+    assert store.snapshots == ["frames_100"]
+    store.close()
+    for tag, value in [(None, 2.0), ("frames_100", 1.0)]:
+        s = ExpertStore.open(tmp_path / "experts", 2, 3, snapshot=tag)
+        for e in range(6):
+            with s.use([e]) as (rec,):
+                assert torch.all(rec["w"] == value + e)
+                assert torch.equal(rec["m"], truth[e]["m"])
+        s.close()
+
+
+def test_snapshots_beyond_keep_are_released(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=3, hbm=1, dram=2, keep_snapshots=2)
+    for i in range(4):
+        with store.use([0], dirty=True) as (rec,):
+            rec["w"].fill_(i)
+        store.checkpoint(f"s{i}")
+    assert store.snapshots == ["s2", "s3"]
+    store.close()
+    with pytest.raises(UserError, match="no snapshot 's0'"):
+        ExpertStore.open(tmp_path / "experts", 1, 2, snapshot="s0")
+
+
+def _flip_byte_of_committed_slot(directory: Path, expert: int, kind: str) -> None:
+    m = Manifest.load(directory)
+    offset = m.global_slot(expert, m.experts[expert].slot) * SPEC[kind].slot_bytes + 17
+    with open(directory / f"{kind}.slab", "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_one_flipped_byte_names_the_expert_and_the_others_stay_readable(tmp_path: Path) -> None:
+    store, truth = _make(tmp_path, n=8, hbm=2, dram=4)
+    store.close()
+    _flip_byte_of_committed_slot(tmp_path / "experts", 5, "w")
+    with pytest.raises(CorruptExpertError, match=r"expert 5 fails the crc32 check \(kind 'w'") as info:
+        ExpertStore.open(tmp_path / "experts", 2, 4)
+    assert info.value.experts == [5]
+    store = ExpertStore.open(tmp_path / "experts", 2, 4, verify=False)
+    for e in range(8):
+        if e != 5:
+            with store.use([e]) as (rec,):
+                assert _equal(rec, truth[e])
+    with pytest.raises(CorruptExpertError, match="expert 5"):
+        store.get([5])
+    store.close()
+
+
+def test_corrupt_or_missing_manifest_and_slab_are_clear_errors(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=4, hbm=1, dram=2)
+    store.close()
+    directory = tmp_path / "experts"
+    (directory / "m.slab").rename(directory / "m.slab.bak")
+    with pytest.raises(UserError, match="m.slab is missing"):
+        ExpertStore.open(directory, 1, 2)
+    (directory / "m.slab.bak").rename(directory / "m.slab")
+    text = (directory / "manifest.json").read_text()
+    assert '"seq": 0,' in text
+    (directory / "manifest.json").write_text(text.replace('"seq": 0,', '"seq": 7,'))
+    with pytest.raises(UserError, match="fails its checksum"):
+        ExpertStore.open(directory, 1, 2)
+
+
+def _enospc_after(calls: int):
+    real = os.pwrite
+    count = {"n": 0}
+
+    def pwrite(fd, data, offset):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
+
+    return pwrite
+
+
+@pytest.mark.parametrize("where", ["flush", "eviction"])
+def test_disk_full_during_write_back_is_a_clear_error_and_keeps_the_committed_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    store, truth = _make(tmp_path, n=6, hbm=1, dram=1)
+    for e in range(6):  # commit version 1 of every expert
+        with store.use([e], dirty=True) as (rec,):
+            rec["m"].fill_(1.0 + e)
+            truth[e] = {k: v.clone() for k, v in rec.items()}
+    store.flush()
+    monkeypatch.setattr(storage.slab.os, "pwrite", _enospc_after(1))
+    with pytest.raises(UserError, match="No space left on device; the last committed state is kept"):
+        with store.use([0], dirty=True) as (rec,):
+            rec["m"].fill_(-1.0)
+        with store.use([1], dirty=True) as (rec,):  # evicts 0: write-back of 2 kinds, the 2nd fails
+            rec["m"].fill_(-1.0)
+        if where == "flush":
+            store.flush()
+        with store.use([2]):
+            pass
+    with pytest.raises(UserError, match="No space left"):  # the store stays failed, not half-working
+        store.get([3])
+    monkeypatch.undo()
+    store.close()
+    reopened = ExpertStore.open(tmp_path / "experts", 1, 1)
+    for e in range(6):
+        with reopened.use([e]) as (rec,):
+            assert _equal(rec, truth[e])
+    reopened.close()
+
+
+_WRITER = textwrap.dedent("""
+    import json, random, sys, torch
+    from storage.expert_store import ExpertStore
+    from storage.slab import TensorSpec
+    spec = {"a": TensorSpec((2048,), torch.float32), "b": TensorSpec((3, 1500), torch.float32)}
+    directory, seed = sys.argv[1], int(sys.argv[2])
+    try:
+        store = ExpertStore.open(directory, 2, 3)
+    except Exception:
+        store = ExpertStore.create(directory, spec, 8, 2, 3)
+    value = {}
+    for e in range(8):  # every element of every kind of an expert holds one value: its version
+        with store.use([e]) as (rec,):
+            value[e] = int(rec["a"][0].item())
+    rng = random.Random(seed)
+    print("ready", flush=True)
+    while True:
+        for _ in range(rng.randint(1, 6)):
+            e = rng.randrange(8)
+            value[e] += 1
+            with store.use([e], dirty=True) as (rec,):
+                rec["a"].fill_(value[e])
+                rec["b"].fill_(value[e])
+        print("pending " + json.dumps(value), flush=True)
+        store.flush()
+        print("commit " + json.dumps(value), flush=True)
+""")
+
+
+def test_sigkill_mid_write_back_never_tears_a_committed_expert(tmp_path: Path) -> None:
+    directory = tmp_path / "experts"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    committed = {e: 0 for e in range(8)}
+    mid_flush = 0  # kills that landed after a "pending" line: during write-backs or the commit itself
+    for kill in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(directory), str(kill)], stdout=subprocess.PIPE,
+                                text=True, env=env, cwd=REPO)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        out = proc.communicate()[0].splitlines()
+        pending = committed
+        mid_flush += bool(out) and out[-1].startswith("pending")
+        for line in out:
+            kind, payload = line.split(" ", 1)
+            values = {int(k): v for k, v in json.loads(payload).items()}
+            if kind == "commit":
+                committed = pending = values
+            else:
+                pending = values
+        store = ExpertStore.open(directory, 2, 3)  # verifies every crc32
+        for e in range(8):
+            with store.use([e]) as (rec,):
+                a, b = rec["a"], rec["b"]
+                v = int(a[0].item())
+                assert torch.all(a == v) and torch.all(b == v), f"kill {kill}: expert {e} is a mix of versions"
+                assert v in (committed[e], pending[e]), f"kill {kill}: expert {e} holds {v}, " \
+                    f"committed {committed[e]}, pending {pending[e]}"
+                committed[e] = v  # what the next writer starts from
+        store.close()
+    assert sum(committed.values()) > 50, "the writers hardly committed anything"
+    assert mid_flush >= 5, f"only {mid_flush} of 20 kills landed in a flush"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_round_trip_uses_pinned_host_buffers_and_side_streams(tmp_path: Path) -> None:
+    n = 16
+    store, truth = _make(tmp_path, n, hbm=3, dram=6, device="cuda")
+    assert all(t.is_pinned() for rec in store._dram.buffers for t in rec.values())
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(300):
+        ids = rng.sample(range(n), 2)
+        store.prefetch(rng.sample(range(n), 2))
+        records = store.get(ids)
+        for e, rec in zip(ids, records):
+            assert rec["w"].is_cuda
+            assert _equal(rec, truth[e])
+            new = _random_record(gen)
+            for k in SPEC:
+                rec[k].copy_(new[k].cuda(), non_blocking=True)  # queued on the compute stream
+            truth[e] = new
+        store.release(ids, dirty=True)
+    store.flush()
+    store.close()
+    reopened = ExpertStore.open(tmp_path / "experts", 3, 6, device="cuda")
+    for e in range(n):
+        with reopened.use([e]) as (rec,):
+            assert _equal(rec, truth[e])
+    reopened.close()
