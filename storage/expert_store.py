@@ -327,6 +327,22 @@ class ExpertStore:
                 self._experts[e].pins -= 1
             self._cv.notify_all()
 
+    def evict(self, ids: Iterable[int]) -> None:
+        """Move ``ids`` out of hbm now (dirty ones written back to dram), unless in use, pinned or in
+        flight; e.g. to drop a finished game's cohort, or to run without caching as a baseline."""
+        for e in dict.fromkeys(ids):
+            with self._cv:
+                self._check_error()
+                ent = self._experts[e]
+                if ent.hbm is None or ent.busy or ent.uses or ent.pins:
+                    continue
+                del self._hbm.lru[e]
+                ent.busy = True
+                h = self._detach(self._hbm, e)
+            self._guarded(self._evict_hbm, e, h)
+            with self._cv:
+                self._hbm.free.append(h)
+
     def _prefetch_job(self, e: int) -> None:
         self._bring_in(e, prefetch=True)
 

@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from train.errors import UserError
@@ -140,10 +141,15 @@ class SlabFile:
         return slot * self.spec.slot_bytes
 
 
-def _bytes_view(t: torch.Tensor) -> memoryview:
+def bytes_array(t: torch.Tensor) -> np.ndarray:
+    """The raw bytes of a contiguous host tensor as a uint8 array sharing its memory."""
     if t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError("slab I/O needs a contiguous host tensor")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        raise ValueError("expected a contiguous host tensor")
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _bytes_view(t: torch.Tensor) -> memoryview:
+    return memoryview(bytes_array(t))
 
 
 def _io_error(e: OSError, what: str) -> Exception:

@@ -422,3 +422,19 @@ def test_cuda_round_trip_uses_pinned_host_buffers_and_side_streams(tmp_path: Pat
         with reopened.use([e]) as (rec,):
             assert _equal(rec, truth[e])
     reopened.close()
+
+
+def test_evict_writes_back_and_frees_hbm_but_skips_experts_in_use(tmp_path: Path) -> None:
+    store, truth = _make(tmp_path, n=5, hbm=2, dram=3)
+    with store.use([0], dirty=True) as (rec,):
+        rec["m"].fill_(9.0)
+        truth[0] = {k: v.clone() for k, v in rec.items()}
+    records = store.get([1])
+    store.evict([0, 1])
+    assert store.tier_of(0) == "dram" and store.tier_of(1) == "hbm"
+    store.release([1])
+    assert store.stats()["bytes_hbm_to_dram"] == 3 * 700 * 4 + 5 * 8
+    with store.use([0]) as (rec,):
+        assert _equal(rec, truth[0])
+    assert records[0]["w"].shape == (3, 700)
+    store.close()

@@ -1,0 +1,256 @@
+"""The expert store's links and cache policies, measured on this machine's disk and memory.
+
+Rows (``python run.py bench store [--json]``):
+
+``disk_raw``      sequential ``O_DIRECT`` reads (1 MiB requests, page cache bypassed) of a scratch
+                  file as large as the store: the disk's own bandwidth, the reference for the next row.
+``nvme_to_dram``  every expert demanded once from a cold store (slab pages dropped from the page
+                  cache first): NVMe read + crc32 check + copy to hbm, through ``ExpertStore.get``;
+                  ``ratio`` = bandwidth / ``disk_raw``. ``nvme_to_dram_prefetch``: the same with all
+                  experts prefetched on the I/O threads first (reads overlap).
+``dram_to_hbm``   every expert demanded from dram (all dram hits): ``ratio`` = bandwidth / a plain
+                  ``dst.copy_(src)`` of the same bytes on the same device (``plain_copy_gbps``).
+``trace/<mode>``  a synthetic sequential-games routing trace replayed through a real store with a
+                  simulated compute time per step: ``none`` (no caching: hbm is emptied after every
+                  step), ``lru`` (demand loads, LRU), ``cohort`` (the known schedule prefetches and
+                  pins the next game's cohort ``lookahead`` steps before each switch), and
+                  ``belady`` (the optimal offline replacement of the same trace at the same hbm
+                  capacity: the bound on hit rate; it moves no data, so it has no stall figure).
+
+Trace fields: ``hit_rate_hbm`` over all demand accesses; ``hit_rate_between_switches`` excludes the
+first ``settle`` steps after each switch; ``misses_per_switch`` = hbm misses in those steps per
+switch; ``stall_ms_per_step`` = ``ExpertStore`` stall time per step.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from storage.belady import belady_hits, flatten
+from storage.expert_store import ExpertStore
+from storage.slab import ALIGN, TensorSpec
+
+RECORD_SHAPE = (256, 512)
+"""Each expert: two float32 kinds of this shape (an eLSTM input projection pair F, Z at N=256,
+D=512): 1 MiB per expert."""
+LINK_EXPERTS = 192
+"""Experts in the bandwidth rows (192 MiB, larger than any CPU cache)."""
+TRACE = dict(games=4, cohort=8, experts=64, hbm=20, dram=24, streams=4, top_k=2, steps_per_game=150,
+             switches=12, compute_ms=2.0, lookahead=20, settle=10, record_shape=(64, 512))
+"""The synthetic trace: each game routes every stream's top-k to its own cohort of experts; the
+schedule cycles through the games (every cycle misses for LRU when hbm holds < all cohorts)."""
+
+
+def run(seconds: float) -> dict:
+    """All rows; ``seconds`` scales the number of repetitions of the bandwidth rows."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    work = Path(tempfile.mkdtemp(prefix=".bench-store-", dir=os.getcwd()))  # the disk run dirs live on
+    try:
+        spec = {k: TensorSpec(RECORD_SHAPE, torch.float32) for k in ("F", "Z")}
+        record_bytes = sum(s.nbytes for s in spec.values())
+        raw = _disk_raw(work / "scratch", LINK_EXPERTS * record_bytes, seconds)
+        rows = [raw]
+        rows += _links(work / "links", spec, device, raw["gbps"], seconds)
+        rows += _trace_rows(work / "trace", device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    config = {"device": str(device), "record_mib": record_bytes / 2**20, "link_experts": LINK_EXPERTS,
+              "trace": TRACE, "seconds": seconds}
+    return {"config": config, "rows": rows}
+
+
+def _disk_raw(path: Path, size: int, seconds: float) -> dict:
+    chunk = 1 << 20
+    buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
+    with open(path, "wb") as f:
+        block = os.urandom(chunk)
+        for _ in range(size // chunk):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while True:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            start = time.perf_counter()
+            offset = 0
+            while offset < size:
+                offset += os.preadv(fd, [buf], offset)
+            best = max(best, size / (time.perf_counter() - start) / 1e9)
+        finally:
+            os.close(fd)
+        if time.perf_counter() > deadline:
+            break
+    return {"name": "disk_raw", "gbps": best, "bytes": size}
+
+
+def _links(directory: Path, spec: dict, device: torch.device, raw_gbps: float, seconds: float) -> list[dict]:
+    n = LINK_EXPERTS
+    record_bytes = sum(s.nbytes for s in spec.values())
+    gen = torch.Generator().manual_seed(0)
+    init = lambda e: {k: torch.randn(s.shape, generator=gen) for k, s in spec.items()}  # noqa: E731
+    ExpertStore.create(directory, spec, n, 1, 1, device, init=init).close()
+    rows = []
+    for prefetch in (False, True):
+        best = 0.0
+        deadline = time.perf_counter() + seconds
+        while True:
+            store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False)
+            store.drop_page_cache()
+            start = time.perf_counter()
+            if prefetch:
+                for e in range(n):  # the store holds 4 in hbm: prefetch a few ahead of each demand
+                    store.prefetch(range(e, min(n, e + 3)))
+                    store.get([e])
+                    store.release([e])
+            else:
+                for e in range(n):
+                    store.get([e])
+                    store.release([e])
+            _sync(device)
+            best = max(best, n * record_bytes / (time.perf_counter() - start) / 1e9)
+            stats = store.stats()
+            store.close()
+            if time.perf_counter() > deadline:
+                break
+        assert stats["bytes_nvme_to_dram"] == n * record_bytes
+        name = "nvme_to_dram_prefetch" if prefetch else "nvme_to_dram"
+        rows.append({"name": name, "gbps": best, "ratio": best / raw_gbps, "bytes": n * record_bytes})
+
+    store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False)
+    for e in range(n):  # fill dram
+        store.get([e])
+        store.release([e])
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        start = time.perf_counter()
+        for e in range(n):
+            store.get([e])
+            store.release([e])
+        _sync(device)
+        best = max(best, n * record_bytes / (time.perf_counter() - start) / 1e9)
+    assert store.stats()["dram_misses"] == n  # the timed passes were all dram hits
+    store.close()
+    src = torch.randn(n * record_bytes // 4, pin_memory=device.type == "cuda")
+    dst = torch.empty_like(src, device=device)
+    plain = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or plain == 0.0:
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        plain = max(plain, src.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    rows.append({"name": "dram_to_hbm", "gbps": best, "ratio": best / plain, "plain_copy_gbps": plain,
+                 "bytes": n * record_bytes})
+    return rows
+
+
+def make_trace(seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    """The synthetic routing trace: per step the sorted union of every stream's top-k experts, and
+    the game of each step. Game ``g``'s cohort is experts ``[g*cohort, (g+1)*cohort)``."""
+    t = TRACE
+    rng = random.Random(seed)
+    steps, games = [], []
+    for s in range(t["switches"] + 1):
+        g = s % t["games"]
+        cohort = range(g * t["cohort"], (g + 1) * t["cohort"])
+        for _ in range(t["steps_per_game"]):
+            steps.append(sorted({e for _ in range(t["streams"]) for e in rng.sample(cohort, t["top_k"])}))
+            games.append(g)
+    return steps, games
+
+
+def _trace_rows(directory: Path, device: torch.device) -> list[dict]:
+    t = TRACE
+    spec = {k: TensorSpec(tuple(t["record_shape"]), torch.float32) for k in ("F", "Z")}
+    ExpertStore.create(directory, spec, t["experts"], 1, 1, device).close()
+    steps, games = make_trace()
+    switch_steps = [i for i in range(1, len(games)) if games[i] != games[i - 1]]
+    settling = {i + j for i in [0] + switch_steps for j in range(t["settle"])}
+    rows = []
+    for mode in ("none", "lru", "cohort"):
+        store = ExpertStore.open(directory, t["hbm"], t["dram"], device, verify=False)
+        store.drop_page_cache()
+        misses = [0] * len(steps)
+        for i, ids in enumerate(steps):
+            if mode == "cohort":
+                _oracle_prefetch(store, games, i)
+            if i in switch_steps:
+                store.drop_page_cache()  # the NVMe tier is the disk, not the page cache
+            before = store.counters.hbm_misses
+            store.get(ids)
+            misses[i] = store.counters.hbm_misses - before
+            time.sleep(t["compute_ms"] / 1000)  # the step's compute, which prefetches overlap
+            store.release(ids)
+            if mode == "none":
+                store.evict(ids)
+        store.wait_idle()
+        s = store.stats()
+        store.close()
+        rows.append(_trace_row(mode, steps, misses, settling, len(switch_steps), s["stall_s"]))
+    accesses = flatten(steps)
+    hits = belady_hits(accesses, t["hbm"])
+    rows.append({"name": "trace/belady", "hit_rate_hbm": hits / len(accesses),
+                 "hit_rate_between_switches": None, "misses_per_switch": None, "stall_ms_per_step": None,
+                 "dram_bound_hit_rate": belady_hits(accesses, t["dram"]) / len(accesses)})
+    return rows
+
+
+def _oracle_prefetch(store: ExpertStore, games: list[int], i: int) -> None:
+    """Pin the cohort of the game that will be running ``lookahead`` steps from now; unpin the old."""
+    t = TRACE
+    cohort = lambda g: range(g * t["cohort"], (g + 1) * t["cohort"])  # noqa: E731
+    ahead = games[min(i + t["lookahead"], len(games) - 1)]
+    if i == 0:
+        store.pin(cohort(games[0]))
+    if ahead != games[min(i + t["lookahead"] - 1, len(games) - 1)] and i > 0:
+        store.pin(cohort(ahead))
+    if i > 0 and games[i] != games[i - 1]:
+        store.unpin(cohort(games[i - 1]))
+
+
+def _trace_row(mode: str, steps: list[list[int]], misses: list[int], settling: set[int], switches: int,
+               stall_s: float) -> dict:
+    total = sum(len(s) for s in steps)
+    between = [i for i in range(len(steps)) if i not in settling]
+    between_accesses = sum(len(steps[i]) for i in between)
+    return {"name": f"trace/{mode}", "hit_rate_hbm": 1 - sum(misses) / total,
+            "hit_rate_between_switches": 1 - sum(misses[i] for i in between) / between_accesses,
+            "misses_per_switch": sum(misses[i] for i in settling) / (switches + 1),
+            "stall_ms_per_step": stall_s * 1000 / len(steps)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_table(result: dict) -> str:
+    """Bandwidth rows, then the trace rows."""
+    lines = []
+    for row in result["rows"]:
+        if row["name"].startswith("trace/"):
+            continue
+        extra = f"  ratio {row['ratio']:.2f}" if "ratio" in row else ""
+        extra += f"  (plain copy {row['plain_copy_gbps']:.2f} GB/s)" if "plain_copy_gbps" in row else ""
+        lines.append(f"{row['name']:<22} {row['gbps']:7.2f} GB/s{extra}")
+    lines.append(f"{'trace mode':<14} {'hbm hit':>8} {'between sw.':>12} {'miss/switch':>12} {'stall ms/step':>14}")
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    for row in result["rows"]:
+        if row["name"].startswith("trace/"):
+            lines.append(f"{row['name'][6:]:<14} {row['hit_rate_hbm']:>8.3f} "
+                         f"{fmt(row['hit_rate_between_switches'], '.3f'):>12} "
+                         f"{fmt(row['misses_per_switch'], '.1f'):>12} {fmt(row['stall_ms_per_step'], '.3f'):>14}")
+    lines.append(f"note: trace = {TRACE['games']} games x cohort {TRACE['cohort']}, hbm {TRACE['hbm']}, "
+                 f"dram {TRACE['dram']} of {TRACE['experts']} experts; {ALIGN}-byte slots")
+    return "\n".join(lines)
