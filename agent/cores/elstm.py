@@ -168,28 +168,19 @@ class ELSTMCore(Core):
         return dict(self._stats)
 
     def _derivatives(self, r: _Record) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """zh, fh (immediate dc/d(preactivation)) and the decay J = dc/dc_prev, each [T, B, N]."""
-        with torch.no_grad():
-            zh = (1.0 - r.f) * (1.0 - r.z ** 2)
-            fh = (r.c_prev - r.z) * r.f * (1.0 - r.f)
-            J = r.f + self.w_z * zh + self.w_f * fh
-        return zh, fh, J
+        return derivatives(r.f, r.z, r.c_prev, self.w_f, self.w_z)
 
     def _segment_rtrl(self, r: _Record) -> RTRLCarry:
         zh, fh, J = self._derivatives(r)
         with torch.no_grad():
             # Carried term: the rollout's loss through c_0 into everything before the rollout.
             e0 = r.c0.grad if r.c0.grad is not None else torch.zeros_like(r.c0)
-            _add_grad(self.F, torch.einsum("bn,bnd->nd", e0, r.carry.S["F"]))
-            _add_grad(self.Z, torch.einsum("bn,bnd->nd", e0, r.carry.S["Z"]))
+            add_grad(self.F, torch.einsum("bn,bnd->nd", e0, r.carry.S["F"]))
+            add_grad(self.Z, torch.einsum("bn,bnd->nd", e0, r.carry.S["Z"]))
             for k in ("w_f", "w_z", "b_f", "b_z"):
-                _add_grad(getattr(self, k), (e0 * r.carry.S[k]).sum(0))
+                add_grad(getattr(self, k), (e0 * r.carry.S[k]).sum(0))
             # Advance the sensitivities over the rollout: a reset at step s zeroes everything before s.
-            Jk = J * r.keep
-            decay = torch.ones_like(Jk)  # decay[t] = prod_{t < s < T} Jk[s]
-            if Jk.shape[0] > 1:
-                decay[:-1] = torch.flip(torch.cumprod(torch.flip(Jk[1:], [0]), 0), [0])
-            total = Jk.prod(0)
+            decay, total = segment_decay(J * r.keep)
             x_btd = r.x.transpose(0, 1)
             S = r.carry.S
             # In place: a fresh [B, N, D] tensor per rollout costs more than the update itself.
@@ -222,7 +213,7 @@ class ELSTMCore(Core):
                 for k in ("w_f", "w_z", "b_f", "b_z"):
                     grads[k] += (e * S[k]).sum(0)
             for k, g in grads.items():
-                _add_grad(getattr(self, k), g)
+                add_grad(getattr(self, k), g)
             c_T = r.cells[-1].detach()
         self._telemetry(J, S)
         return RTRLCarry(c=c_T, S=S)
@@ -235,7 +226,27 @@ class ELSTMCore(Core):
         }
 
 
-def _add_grad(param: nn.Parameter, grad: torch.Tensor) -> None:
+def derivatives(f: torch.Tensor, z: torch.Tensor, c_prev: torch.Tensor, w_f: torch.Tensor, w_z: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """zh, fh (immediate dc/d(preactivation)) and the decay J = dc/dc_prev, each shaped like ``f``."""
+    with torch.no_grad():
+        zh = (1.0 - f) * (1.0 - z ** 2)
+        fh = (c_prev - z) * f * (1.0 - f)
+        J = f + w_z * zh + w_f * fh
+    return zh, fh, J
+
+
+def segment_decay(Jk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jk [T, B, N] (J with resets as zeros) -> (decay [T, B, N], total [B, N]):
+    ``decay[t] = prod_{t < s < T} Jk[s]`` (reverse cumulative product, never a division) and
+    ``total = prod_t Jk[t] = dc_T/dc_0``."""
+    decay = torch.ones_like(Jk)
+    if Jk.shape[0] > 1:
+        decay[:-1] = torch.flip(torch.cumprod(torch.flip(Jk[1:], [0]), 0), [0])
+    return decay, Jk.prod(0)
+
+
+def add_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
     if param.grad is None:
         param.grad = grad.clone()
     else:
