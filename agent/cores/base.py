@@ -35,8 +35,11 @@ class Core(nn.Module, ABC):
         keep = (~first).to(state[0].dtype)
         return tuple(s * keep.view(-1, *([1] * (s.dim() - 1))) for s in state)
 
-    def forward(self, inputs: torch.Tensor, first: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """inputs [T, B, D], first [T, B] (state reset before step t where set) -> (outputs [T, B, H], state)."""
+    def forward(self, inputs: torch.Tensor, first: torch.Tensor, state: State,
+                game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """inputs [T, B, D], first [T, B] (state reset before step t where set) -> (outputs [T, B, H], state).
+
+        ``game_id`` [T, B]: the game of each step, for cores that route by it (others ignore it)."""
         outputs = []
         for t in range(inputs.shape[0]):
             out, state = self.step(inputs[t], self.reset(state, first[t]))
@@ -50,7 +53,7 @@ class Core(nn.Module, ABC):
         return None
 
     def learner_unroll(self, inputs: torch.Tensor, first: torch.Tensor, rollout_state: State, carry: Any,
-                       truncation: int) -> tuple[torch.Tensor, Any]:
+                       truncation: int, game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         """Learner pass over a rollout: inputs [T, B, D] -> (outputs [T, B, H], context for after_backward).
 
         Default: backprop through time from ``rollout_state`` (the actor's state before step 0),
@@ -61,13 +64,26 @@ class Core(nn.Module, ABC):
         outputs, state = [], rollout_state
         for start in range(0, T, span):
             state = tuple(s.detach() for s in state)
-            out, state = self(inputs[start:start + span], first[start:start + span], state)
+            out, state = self(inputs[start:start + span], first[start:start + span], state,
+                              None if game_id is None else game_id[start:start + span])
             outputs.append(out)
         return torch.cat(outputs), None
 
     def learner_after_backward(self, context: Any) -> Any:
         """Called after ``loss.backward()`` and before the optimizer step; returns the new carry."""
         return None
+
+    def learner_aux_loss(self, context: Any) -> torch.Tensor | None:
+        """An extra loss term of the core (e.g. the router's balance loss), added to the total; None: none."""
+        return None
+
+    def learner_grads(self) -> list[torch.Tensor]:
+        """Gradients the core holds outside ``parameters()`` (e.g. experts in a store), clipped in place
+        together with the parameters' gradients after :meth:`learner_after_backward`."""
+        return []
+
+    def learner_step(self, lr: float) -> None:
+        """Apply the optimizer to what :meth:`learner_grads` returned, after the dense optimizer step."""
 
     def learner_stats(self) -> dict[str, float]:
         """Scalars about the latest learner pass to log (e.g. RTRL stability telemetry)."""

@@ -130,7 +130,7 @@ class ELSTMCore(Core):
         return RTRLCarry(c=zeros(B, N), S=S)
 
     def learner_unroll(self, inputs: torch.Tensor, first: torch.Tensor, rollout_state: State, carry: Any,
-                       truncation: int) -> tuple[torch.Tensor, Any]:
+                       truncation: int, game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         if self.learning != "rtrl":
             return super().learner_unroll(inputs, first, rollout_state, carry, truncation)
         per_step = self.rtrl_form == "step"

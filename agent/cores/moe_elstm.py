@@ -1,0 +1,446 @@
+"""Mixture-of-Experts eLSTM whose experts are trained by exact, lazy RTRL out of the expert store.
+
+Forward (x [B, D] the step's input; experts are the input projections):
+    (idx, g) = router(x)                              top-k experts idx [B, k], gates g [B, k] (agent/router.py)
+    f = sigmoid(sum_j g_j F_{idx_j} x + w_f * c_prev + b_f)      F_e, Z_e: [N, D]; w_*, b_*: [N] shared
+    z = tanh   (sum_j g_j Z_{idx_j} x + w_z * c_prev + b_z)
+    c = f * c_prev + (1 - f) * z;   h = sigmoid(O [x; c] + b_o) * c
+The router reads x, never c_prev, so dc_t/dc_{t-1} stays diagonal (J as in ``agent/cores/elstm.py``)
+and expert e's sensitivity S_e = dc/dF_e [B, N, D] obeys
+    S_e <- J * S_e + fh (x) (G_e x),     G_e[b] = the gate of e in stream b (0 if not routed).
+
+Lazy sensitivities (DESIGN.md). An expert that no stream routes to only decays, S_e <- J * S_e, so
+each expert keeps its stored (materialised) sensitivity S~_e in the expert store and two [B, N]
+vectors here: the true sensitivity is rho_e * S~_e and its not-yet-applied gradient is
+gamma_e . S~_e. Per rollout (segment form) an idle expert costs O(B N):
+    gamma_e += rho_e * dL/dc_0;   rho_e *= dc_T/dc_0
+and on activation (or a flush) it is materialised:
+    grad_e += sum_b gamma_e[b, :, None] * S~_e[b];   S~_e <- rho_e[..., None] * S~_e;   rho_e <- 1;  gamma_e <- 0.
+So a rollout costs O(E B N) for all experts plus O(k-ish B N T D) for the active ones, and cold
+experts' parameters, RMSprop state and sensitivities stay in dram or on NVMe. A cold expert's
+pending gradient is applied at the update that next activates it (or at :meth:`flush_pending`);
+the delay in updates is logged as ``experts/pending_delay``. ``lazy=False`` (eager) materialises
+every expert on every rollout: the same gradients in total, at a cost linear in E.
+
+Segment form (training): autograd runs BPTT inside the rollout from a leaf c_0; the experts'
+within-rollout gradient comes from dL/d(preactivation) [T, B, N] (kept by autograd) as
+sum_{t,b} G_e[t,b] * dL/dpre[t,b] (x) x[t,b]; then :meth:`learner_after_backward` adds the carried
+terms (dL/dc_0 . S) and advances every sensitivity over the whole rollout with the reverse
+cumulative product of J (``segment_decay`` in ``agent/cores/elstm.py``). Per-step form (the
+reference): the recurrence is cut after every step, autograd writes nothing into the experts or the
+shared recurrent vectors, and the sensitivities are updated step by step with the same lazy rule
+per step. The router and everything below the core get the within-rollout (segment) or
+within-step (per-step) gradient; the output gate gets plain backprop.
+
+Out of core. The forward pass (actor and learner) computes with the parameter replica, the buffers
+``expert_F``/``expert_Z`` [E, N, D] (published to the actor thread with the rest of the state dict
+after every update, and saved in checkpoints). Everything else about an expert lives in the store
+(``storage/expert_store.py``): ``F``, ``Z``, their RMSprop square averages ``sq_F``, ``sq_Z`` and the
+sensitivities ``S_F``, ``S_Z`` [B, N, D] of the learner's B streams, B + 2 times the parameters.
+After the backward pass the experts of the rollout stream through hbm in chunks of at most the
+hbm capacity, twice per update: once to fold in their lazy vectors, form their gradients and
+advance their sensitivities, once (after the global gradient-norm clip, which needs every
+gradient) for the RMSprop step and the replica refresh. So hbm need not hold a rollout's experts
+at once; when it does, the second pass is all hits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from agent.cores.base import Core, State
+from agent.cores.elstm import add_grad, derivatives, segment_decay
+from agent.router import Router
+from storage.expert_store import ExpertStore
+from storage.slab import RecordSpec, TensorSpec
+
+VECTORS = ("w_f", "w_z", "b_f", "b_z")
+"""Shared recurrent parameters with dense RTRL sensitivities [B, N]."""
+EXPERT_KINDS = ("F", "Z", "sq_F", "sq_Z", "S_F", "S_Z")
+
+
+def expert_spec(hidden_size: int, input_size: int, batch_size: int, dtype: torch.dtype = torch.float32) -> RecordSpec:
+    """The store record of one expert: parameters and RMSprop state [N, D], sensitivities [B, N, D]."""
+    N, D, B = hidden_size, input_size, batch_size
+    spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z", "sq_F", "sq_Z")}
+    spec.update({k: TensorSpec((B, N, D), dtype) for k in ("S_F", "S_Z")})
+    return spec
+
+
+@dataclass
+class MoECarry:
+    """Learner state per stream carried across rollouts.
+
+    c [B, N]; S: dense sensitivities of the shared vectors, each [B, N]; rho, gamma [E, B, N]: the
+    lazy decay and pending-gradient vectors of every expert (module docstring).
+    """
+
+    c: torch.Tensor
+    S: dict[str, torch.Tensor]
+    rho: torch.Tensor
+    gamma: torch.Tensor
+
+
+@dataclass
+class _Pass:
+    """One learner pass: what ``learner_after_backward`` and ``learner_step`` need (detached unless noted)."""
+
+    x: torch.Tensor          # [T, B, D]
+    c_prev: torch.Tensor     # [T, B, N] after resets
+    f: torch.Tensor
+    z: torch.Tensor
+    keep: torch.Tensor       # [T, B, 1]
+    G: torch.Tensor          # [T, B, E] gate of each expert (0 where not routed)
+    routed: list[int]        # experts routed at some step 0..T-1
+    experts: list[int]       # experts whose sensitivities this pass materialises (routed, or all if eager)
+    carry: MoECarry
+    c0: torch.Tensor | None  # autograd leaf (segment form)
+    pre: tuple[torch.Tensor, torch.Tensor] | None  # preactivations [T+1, B, N] with grads kept (segment form)
+    cells: list[torch.Tensor] = field(default_factory=list)  # c_t with retained grads (per-step form)
+    aux: torch.Tensor | None = None
+    grads: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # expert -> [grad F, grad Z]
+
+
+class MoEELSTMCore(Core):
+    def __init__(self, input_size: int, hidden_size: int, num_experts: int, top_k: int, routing: str,
+                 schedule: list[int], num_games: int, rtrl_form: str = "segment", lazy: bool = True,
+                 balance_cost: float = 0.01) -> None:
+        """``schedule``: the run's game ids in stage order (game routing, per-game statistics)."""
+        super().__init__()
+        self.input_size, self.output_size = input_size, hidden_size
+        self.num_experts, self.top_k = num_experts, top_k
+        self.rtrl_form, self.lazy, self.balance_cost = rtrl_form, lazy, balance_cost
+        N, D, E = hidden_size, input_size, num_experts
+        bound = 1.0 / math.sqrt(D)
+        self.w_f = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
+        self.w_z = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
+        self.b_f = nn.Parameter(torch.zeros(N))
+        self.b_z = nn.Parameter(torch.zeros(N))
+        self.out = nn.Linear(D + N, N)
+        self.router = Router(D, E, top_k, routing, schedule, num_games)
+        self.register_buffer("expert_F", torch.empty(E, N, D).uniform_(-bound, bound))
+        self.register_buffer("expert_Z", torch.empty(E, N, D).uniform_(-bound, bound))
+        self.store: ExpertStore | None = None
+        self.rmsprop = (0.99, 0.01)
+        self.updates = 0
+        self._pass: _Pass | None = None
+        self._pending_since = [-1] * E
+        self._has_sensitivity = [False] * E
+        self._stats: dict[str, float] = {}
+        self.usage = torch.zeros(int(self.router.game_slot.max()) + 1, E, dtype=torch.float64)
+        """Routing counts [schedule games, E] of the learner's rollouts, decayed by 0.99 per update."""
+
+    # ------------------------------------------------------------------------------------- store
+    def create_store(self, directory, batch_size: int, hbm: int, dram: int, device: torch.device | str,
+                     **kwargs) -> ExpertStore:
+        """A new store in ``directory`` holding every expert: the replica's parameters, zero RMSprop
+        state and zero sensitivities for ``batch_size`` streams."""
+        N, D = self.output_size, self.input_size
+        spec = expert_spec(N, D, batch_size, self.expert_F.dtype)
+        zeros_nd = torch.zeros(N, D, dtype=self.expert_F.dtype)
+        zeros_bnd = torch.zeros(batch_size, N, D, dtype=self.expert_F.dtype)
+        init = lambda e: {"F": self.expert_F[e].cpu(), "Z": self.expert_Z[e].cpu(), "sq_F": zeros_nd,  # noqa: E731
+                          "sq_Z": zeros_nd, "S_F": zeros_bnd, "S_Z": zeros_bnd}
+        return ExpertStore.create(directory, spec, self.num_experts, hbm, dram, device, init=init, **kwargs)
+
+    def attach_store(self, store: ExpertStore, rmsprop_alpha: float, rmsprop_eps: float) -> None:
+        """Learn with the experts in ``store``; RMSprop's smoothing constant and epsilon for them."""
+        self.store, self.rmsprop = store, (rmsprop_alpha, rmsprop_eps)
+
+    # ------------------------------------------------------------------------------------- acting
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        return (torch.zeros(batch_size, self.output_size, device=device, dtype=self.w_f.dtype),)
+
+    def step(self, x: torch.Tensor, state: State, game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        out, state = self.forward(x.unsqueeze(0), torch.zeros(1, x.shape[0], dtype=torch.bool, device=x.device),
+                                  state, None if game_id is None else game_id.unsqueeze(0))
+        return out[0], state
+
+    def forward(self, inputs: torch.Tensor, first: torch.Tensor, state: State,
+                game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """inputs [T, B, D] -> outputs [T, B, N], acting with the replica ``expert_F``/``expert_Z``."""
+        idx, gates, _ = self.router(inputs, game_id)
+        pre_F, pre_Z = self._preacts(inputs, idx, gates)
+        keep = (~first).to(inputs.dtype).unsqueeze(-1)
+        c = state[0]
+        outputs = []
+        for t in range(inputs.shape[0]):
+            h, c, _, _ = self._cell(inputs[t], c * keep[t], pre_F[t], pre_Z[t], self.w_f, self.w_z, self.b_f, self.b_z)
+            outputs.append(h)
+        return torch.stack(outputs), (c,)
+
+    def _preacts(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_j g_j F_{idx_j} x and the same for Z: x [..., D], idx/gates [..., k] -> two [..., N].
+
+        One matmul per routed expert over just the rows routed to it, so the cost follows the
+        routing slots, not the number of experts."""
+        lead, D = x.shape[:-1], x.shape[-1]
+        xf, idxf, gf = x.reshape(-1, D), idx.reshape(-1, idx.shape[-1]), gates.reshape(-1, idx.shape[-1])
+        pre_F = xf.new_zeros(xf.shape[0], self.output_size)
+        pre_Z = xf.new_zeros(xf.shape[0], self.output_size)
+        for e in torch.unique(idxf).tolist():
+            rows, slot = torch.nonzero(idxf == e, as_tuple=True)
+            g, xr = gf[rows, slot].unsqueeze(-1), xf[rows]
+            pre_F = pre_F.index_add(0, rows, g * (xr @ self.expert_F[e].T))
+            pre_Z = pre_Z.index_add(0, rows, g * (xr @ self.expert_Z[e].T))
+        return pre_F.reshape(*lead, -1), pre_Z.reshape(*lead, -1)
+
+    def _cell(self, x, c_prev, pre_F, pre_Z, w_f, w_z, b_f, b_z):
+        f = torch.sigmoid(pre_F + w_f * c_prev + b_f)
+        z = torch.tanh(pre_Z + w_z * c_prev + b_z)
+        c = f * c_prev + (1.0 - f) * z
+        h = torch.sigmoid(self.out(torch.cat([x, c], dim=-1))) * c
+        return h, c, f, z
+
+    # ------------------------------------------------------------------------------------- learner hooks
+    def learner_carry(self, batch_size: int, device: torch.device | str) -> MoECarry:
+        B, N, E = batch_size, self.output_size, self.num_experts
+        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=self.w_f.dtype)  # noqa: E731
+        return MoECarry(c=zeros(B, N), S={k: zeros(B, N) for k in VECTORS},
+                        rho=torch.ones(E, B, N, device=device, dtype=self.w_f.dtype), gamma=zeros(E, B, N))
+
+    def learner_unroll(self, inputs: torch.Tensor, first: torch.Tensor, rollout_state: State, carry: MoECarry,
+                       truncation: int, game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, _Pass]:
+        if self.store is None:
+            raise RuntimeError("the MoE core learns with its experts in a store: call attach_store first")
+        per_step = self.rtrl_form == "step"
+        T, B = inputs.shape[0] - 1, inputs.shape[1]
+        idx, gates, probs = self.router(inputs, game_id)
+        # The replica is a buffer: autograd reaches x and the gates, never the experts themselves.
+        pre_F, pre_Z = self._preacts(inputs, idx, gates)
+        pre = None if per_step else (_keep_grad(pre_F), _keep_grad(pre_Z))
+        vec = [getattr(self, k).detach() if per_step else getattr(self, k) for k in VECTORS]
+        c0 = None if per_step else carry.c.detach().requires_grad_(True)
+        c = carry.c if per_step else c0
+        keep = (~first).to(inputs.dtype).unsqueeze(-1)
+        outputs, cells, rec = [], [], {"c_prev": [], "f": [], "z": []}
+        for t in range(T + 1):
+            c_prev = (c.detach().requires_grad_() if per_step else c) * keep[t]
+            h, c, f, z = self._cell(inputs[t], c_prev, pre_F[t], pre_Z[t], *vec)
+            outputs.append(h)
+            if t < T:
+                if per_step:
+                    c.retain_grad()
+                    cells.append(c)
+                for k, v in (("c_prev", c_prev), ("f", f), ("z", z)):
+                    rec[k].append(v.detach())
+        G = torch.zeros(T, B, self.num_experts, dtype=inputs.dtype, device=inputs.device)
+        G.scatter_add_(-1, idx[:T], gates[:T].detach())
+        routed = torch.unique(idx[:T]).tolist()
+        aux = self.router.balance_loss(idx[:T].reshape(T * B, -1),
+                                       None if probs is None else probs[:T].reshape(T * B, -1),
+                                       None if game_id is None else game_id[:T].reshape(-1))
+        self._count_usage(idx[:T], None if game_id is None else game_id[:T])
+        self._pass = _Pass(x=inputs[:T].detach(), keep=keep[:T], G=G, routed=routed,
+                           experts=routed if self.lazy else list(range(self.num_experts)), carry=carry, c0=c0,
+                           pre=pre, cells=cells, aux=None if aux is None else self.balance_cost * aux,
+                           **{k: torch.stack(v) for k, v in rec.items()})
+        return torch.stack(outputs), self._pass
+
+    def learner_aux_loss(self, context: _Pass) -> torch.Tensor | None:
+        return context.aux
+
+    def learner_after_backward(self, p: _Pass) -> MoECarry:
+        zh, fh, J = derivatives(p.f, p.z, p.c_prev, self.w_f, self.w_z)
+        step = self._step_experts if self.rtrl_form == "step" else self._segment_experts
+        with torch.no_grad():
+            carry = self._vectors(p, zh, fh, J)
+            for ids, records in self._chunks(p.experts):
+                for e, r in zip(ids, records):
+                    pending = self._materialize(e, r, p.carry)
+                    p.grads[e] = step(p, e, r, zh, fh, J, pending)
+                self.store.release(ids, dirty=True)
+            self._idle_experts(p, J)
+        for e in p.routed:
+            self._has_sensitivity[e] = True
+        lazy = ((carry.rho != 1.0).any((1, 2)) | (carry.gamma != 0.0).any((1, 2))).tolist()
+        for e in range(self.num_experts):
+            if lazy[e] and self._has_sensitivity[e] and self._pending_since[e] < 0:
+                self._pending_since[e] = self.updates
+        self._stats.update({"rtrl/max_abs_J": J.abs().max().item(), "rtrl/frac_J_gt_1": (J.abs() > 1.0).float().mean().item(),
+                            "experts/active": float(len(p.routed)),
+                            "experts/pending": float(sum(1 for s in self._pending_since if s >= 0))})
+        return carry
+
+    def learner_grads(self) -> list[torch.Tensor]:
+        """The experts' gradients of the latest pass, to be clipped (in place) with the dense ones."""
+        return [] if self._pass is None else [g for pair in self._pass.grads.values() for g in pair]
+
+    def learner_step(self, lr: float) -> None:
+        """RMSprop on the latest pass's experts in their hbm records; refresh the replica; release them dirty."""
+        p, self._pass = self._pass, None
+        with torch.no_grad():
+            for ids, records in self._chunks(list(p.grads)):
+                for e, r in zip(ids, records):
+                    self._rmsprop_step(e, r, *p.grads[e], lr)
+                self.store.release(ids, dirty=True)
+        self.updates += 1
+
+    def pending_gradients(self, carry: MoECarry, experts: list[int] | None = None) -> dict[int, list[torch.Tensor]]:
+        """Materialise ``experts`` (default: those with a pending gradient) and return their pending
+        gradients ``{e: [grad F, grad Z]}``; their sensitivities are then exact as stored."""
+        todo = [e for e in range(self.num_experts) if self._pending_since[e] >= 0] if experts is None else experts
+        grads = {}
+        with torch.no_grad():
+            for ids, records in self._chunks(todo):
+                for e, r in zip(ids, records):
+                    grads[e] = list(self._materialize(e, r, carry))
+                self.store.release(ids, dirty=True)
+        return grads
+
+    def flush_pending(self, carry: MoECarry, lr: float, clip: float) -> int:
+        """Apply every pending gradient now (before a checkpoint, so none is lost with the carry),
+        clipped to ``clip`` global norm like an update. Returns how many experts had one."""
+        grads = self.pending_gradients(carry)
+        flat = [g for pair in grads.values() for g in pair]
+        with torch.no_grad():
+            if flat:
+                scale = min(1.0, clip / (float(torch.nn.utils.get_total_norm(flat)) + 1e-6))
+                for g in flat:
+                    g.mul_(scale)
+            for ids, records in self._chunks(list(grads)):
+                for e, r in zip(ids, records):
+                    self._rmsprop_step(e, r, *grads[e], lr)
+                self.store.release(ids, dirty=True)
+        return len(grads)
+
+    def learner_stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+    # ------------------------------------------------------------------------------------- RTRL
+    def _chunks(self, experts: list[int]):
+        """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them."""
+        size = max(1, self.store.hbm_capacity - int(self.store.stats()["pinned"]))
+        for start in range(0, len(experts), size):
+            ids = experts[start:start + size]
+            yield ids, self.store.get(ids)
+
+    def _materialize(self, e: int, record: dict[str, torch.Tensor], carry: MoECarry) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold expert e's lazy vectors into its stored sensitivities; returns its pending gradient."""
+        gamma, rho = carry.gamma[e], carry.rho[e]
+        gF = torch.einsum("bn,bnd->nd", gamma, record["S_F"])
+        gZ = torch.einsum("bn,bnd->nd", gamma, record["S_Z"])
+        record["S_F"].mul_(rho.unsqueeze(-1))
+        record["S_Z"].mul_(rho.unsqueeze(-1))
+        rho.fill_(1.0)
+        gamma.zero_()
+        if self._pending_since[e] >= 0:
+            self._stats["experts/pending_delay"] = float(self.updates - self._pending_since[e])
+            self._pending_since[e] = -1
+        return gF, gZ
+
+    def _vectors(self, p: _Pass, zh: torch.Tensor, fh: torch.Tensor, J: torch.Tensor) -> MoECarry:
+        """Gradients and sensitivities of the shared recurrent vectors (as the dense eLSTM); the new carry."""
+        S = p.carry.S
+        imms = {"w_f": fh * p.c_prev, "w_z": zh * p.c_prev, "b_f": fh, "b_z": zh}
+        if self.rtrl_form == "step":
+            grads = {k: torch.zeros_like(getattr(self, k)) for k in VECTORS}
+            for t in range(p.x.shape[0]):
+                e_t = _cell_grad(p, t)
+                for k in VECTORS:
+                    S[k] = J[t] * p.keep[t] * S[k] + imms[k][t]
+                    grads[k] += (e_t * S[k]).sum(0)
+            for k, g in grads.items():
+                add_grad(getattr(self, k), g)
+            c_T = p.cells[-1].detach()
+        else:
+            e0 = _leaf_grad(p.c0)
+            decay, total = segment_decay(J * p.keep)
+            for k in VECTORS:
+                add_grad(getattr(self, k), (e0 * S[k]).sum(0))
+                S[k].mul_(total).add_((decay * imms[k]).sum(0))
+            c_T = p.f[-1] * p.c_prev[-1] + (1.0 - p.f[-1]) * p.z[-1]
+        return MoECarry(c=c_T, S=S, rho=p.carry.rho, gamma=p.carry.gamma)
+
+    def _segment_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], zh, fh, J, pending) -> list[torch.Tensor]:
+        """Expert e's gradient for this rollout (pending + carried + within-rollout) and its sensitivities
+        advanced to the rollout's end, in place in its record."""
+        e0 = _leaf_grad(p.c0)
+        decay, total = segment_decay(J * p.keep)
+        T = p.x.shape[0]
+        gate = p.G[:, :, e]  # [T, B]
+        grads = []
+        for j, (Skey, imm) in enumerate((("S_F", fh), ("S_Z", zh))):
+            g = pending[j] + torch.einsum("bn,bnd->nd", e0, r[Skey])
+            dpre = _leaf_grad(p.pre[j])[:T]  # [T, B, N]
+            if gate.any():
+                rows = gate != 0
+                g += (gate[rows].unsqueeze(-1) * dpre[rows]).T @ p.x[rows]
+                gx = gate.T.unsqueeze(-1) * p.x.transpose(0, 1)  # [B, T, D]
+                r[Skey].mul_(total.unsqueeze(-1)).baddbmm_((decay * imm).permute(1, 2, 0), gx)
+            else:
+                r[Skey].mul_(total.unsqueeze(-1))
+            grads.append(g)
+        return grads
+
+    def _step_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], zh, fh, J, pending) -> list[torch.Tensor]:
+        """The per-step reference for expert e: lazy vectors on steps it is not routed (eager: never),
+        materialise and update its sensitivities on steps it is."""
+        grads = [pending[0].clone(), pending[1].clone()]
+        rho, gamma = p.carry.rho[e], p.carry.gamma[e]
+        for t in range(p.x.shape[0]):
+            Jk, e_t, gate = J[t] * p.keep[t], _cell_grad(p, t), p.G[t, :, e]
+            if self.lazy and not gate.any():
+                rho.mul_(Jk)
+                gamma.add_(e_t * rho)
+                continue
+            pend = self._materialize(e, r, p.carry)
+            gx = gate.unsqueeze(-1) * p.x[t]  # [B, D]
+            for j, (Skey, imm) in enumerate((("S_F", fh[t]), ("S_Z", zh[t]))):
+                r[Skey].mul_(Jk.unsqueeze(-1)).add_(imm.unsqueeze(-1) * gx.unsqueeze(1))
+                grads[j] += pend[j] + torch.einsum("bn,bnd->nd", e_t, r[Skey])
+        return grads
+
+    def _idle_experts(self, p: _Pass, J: torch.Tensor) -> None:
+        """Every expert the pass did not materialise: O(B N) per rollout (segment) or per step (reference)."""
+        idle = [e for e in range(self.num_experts) if e not in set(p.experts)]
+        if not idle:
+            return
+        rho, gamma = p.carry.rho[idle], p.carry.gamma[idle]
+        if self.rtrl_form == "step":
+            for t in range(p.x.shape[0]):
+                rho.mul_(J[t] * p.keep[t])
+                gamma.add_(_cell_grad(p, t) * rho)
+        else:
+            _, total = segment_decay(J * p.keep)
+            gamma.add_(rho * _leaf_grad(p.c0))
+            rho.mul_(total)
+        p.carry.rho[idle], p.carry.gamma[idle] = rho, gamma
+
+    # ------------------------------------------------------------------------------------- helpers
+    def _rmsprop_step(self, e: int, record: dict[str, torch.Tensor], gF: torch.Tensor, gZ: torch.Tensor, lr: float) -> None:
+        """torch.optim.RMSprop (no momentum, not centred) on expert e's record; refresh the actor replica."""
+        alpha, eps = self.rmsprop
+        for key, sq, g, replica in (("F", "sq_F", gF, self.expert_F), ("Z", "sq_Z", gZ, self.expert_Z)):
+            record[sq].mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
+            record[key].addcdiv_(g, record[sq].sqrt().add_(eps), value=-lr)
+            replica[e].copy_(record[key])
+
+    def _count_usage(self, idx: torch.Tensor, game_id: torch.Tensor | None) -> None:
+        slots = torch.zeros_like(idx[..., 0]) if game_id is None else self.router.game_slot[game_id].clamp(min=0)
+        counts = torch.zeros_like(self.usage)
+        counts.index_put_((slots.unsqueeze(-1).expand_as(idx).reshape(-1).cpu(), idx.reshape(-1).cpu()),
+                          torch.ones(idx.numel(), dtype=counts.dtype), accumulate=True)
+        self.usage.mul_(0.99).add_(counts)
+
+
+def _keep_grad(t: torch.Tensor) -> torch.Tensor:
+    """Make autograd keep dL/dt (a leaf if nothing upstream needs a gradient)."""
+    if t.requires_grad:
+        t.retain_grad()
+        return t
+    return t.requires_grad_(True)
+
+
+def _leaf_grad(t: torch.Tensor) -> torch.Tensor:
+    return t.grad if t.grad is not None else torch.zeros_like(t)
+
+
+def _cell_grad(p: _Pass, t: int) -> torch.Tensor:
+    """e_t = dL_t/dc_t through the heads only (per-step form)."""
+    return _leaf_grad(p.cells[t])
