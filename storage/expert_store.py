@@ -577,6 +577,11 @@ class ExpertStore:
         for slab in self._slabs.values():
             slab.close()
 
+    def __deepcopy__(self, memo: dict) -> "ExpertStore":
+        # A store is a resource (files, threads), not a value: a copied model (the actor's replica)
+        # shares it rather than cloning it.
+        return self
+
     def __enter__(self) -> "ExpertStore":
         return self
 

@@ -104,6 +104,8 @@ class _Pass:
     cells: list[torch.Tensor] = field(default_factory=list)  # c_t with retained grads (per-step form)
     aux: torch.Tensor | None = None
     grads: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # expert -> [grad F, grad Z]
+    decay: torch.Tensor | None = None  # [T, B, N] prod_{t<s<T} J_s (segment_decay), set after backward
+    total: torch.Tensor | None = None  # [B, N] dc_T/dc_0
 
 
 class MoEELSTMCore(Core):
@@ -247,6 +249,7 @@ class MoEELSTMCore(Core):
 
     def learner_after_backward(self, p: _Pass) -> MoECarry:
         zh, fh, J = derivatives(p.f, p.z, p.c_prev, self.w_f, self.w_z)
+        p.decay, p.total = segment_decay(J * p.keep)
         step = self._step_experts if self.rtrl_form == "step" else self._segment_experts
         with torch.no_grad():
             carry = self._vectors(p, zh, fh, J)
@@ -349,8 +352,7 @@ class MoEELSTMCore(Core):
                 add_grad(getattr(self, k), g)
             c_T = p.cells[-1].detach()
         else:
-            e0 = _leaf_grad(p.c0)
-            decay, total = segment_decay(J * p.keep)
+            e0, decay, total = _leaf_grad(p.c0), p.decay, p.total
             for k in VECTORS:
                 add_grad(getattr(self, k), (e0 * S[k]).sum(0))
                 S[k].mul_(total).add_((decay * imms[k]).sum(0))
@@ -360,8 +362,7 @@ class MoEELSTMCore(Core):
     def _segment_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], zh, fh, J, pending) -> list[torch.Tensor]:
         """Expert e's gradient for this rollout (pending + carried + within-rollout) and its sensitivities
         advanced to the rollout's end, in place in its record."""
-        e0 = _leaf_grad(p.c0)
-        decay, total = segment_decay(J * p.keep)
+        e0, decay, total = _leaf_grad(p.c0), p.decay, p.total
         T = p.x.shape[0]
         gate = p.G[:, :, e]  # [T, B]
         grads = []
@@ -398,7 +399,8 @@ class MoEELSTMCore(Core):
 
     def _idle_experts(self, p: _Pass, J: torch.Tensor) -> None:
         """Every expert the pass did not materialise: O(B N) per rollout (segment) or per step (reference)."""
-        idle = [e for e in range(self.num_experts) if e not in set(p.experts)]
+        done = set(p.experts)
+        idle = [e for e in range(self.num_experts) if e not in done]
         if not idle:
             return
         rho, gamma = p.carry.rho[idle], p.carry.gamma[idle]
@@ -407,9 +409,8 @@ class MoEELSTMCore(Core):
                 rho.mul_(J[t] * p.keep[t])
                 gamma.add_(_cell_grad(p, t) * rho)
         else:
-            _, total = segment_decay(J * p.keep)
             gamma.add_(rho * _leaf_grad(p.c0))
-            rho.mul_(total)
+            rho.mul_(p.total)
         p.carry.rho[idle], p.carry.gamma[idle] = rho, gamma
 
     # ------------------------------------------------------------------------------------- helpers

@@ -1,0 +1,92 @@
+"""Learner cost of the MoE eLSTM core against the number of experts, lazy against eager RTRL.
+
+One learner update of the core alone (segment-form RTRL: the unroll over T + 1 steps, backward of a
+fixed random linear loss on the outputs, ``learner_after_backward`` and the RMSprop step of the
+experts), on random inputs, for E in ``EXPERTS`` at k = 2, with every expert in hbm so that the
+rows measure compute, not disk. Routing: ``game`` (one game: the same k experts every step), the
+regime of a router that has specialised; the others are idle, which is what lazy updates are for.
+The sizes are the default preset's core: N = 256, D = 256 + 1 + 18, B = 8 streams, T = 20.
+
+Row fields: ``ms_per_update`` (median over the timed updates), ``active`` (experts routed per
+rollout), ``store_mib`` (one copy of every expert record: parameters, RMSprop state, sensitivities),
+``carry_mib`` (the rho/gamma vectors of all experts), ``peak_rss_mib`` (the process's peak resident
+memory after the row).
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agent.cores.moe_elstm import MoEELSTMCore
+
+EXPERTS = (8, 64, 256)
+TOP_K = 2
+N, D, B, T = 256, 256 + 1 + 18, 8, 20
+WARMUP = 2
+
+
+def run(seconds: float) -> dict:
+    """Rows for every E, lazy then eager; about ``seconds`` of timed updates per row (at least 3)."""
+    torch.manual_seed(0)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix=".bench-moe-"))
+    try:
+        for lazy in (True, False):
+            for E in EXPERTS:
+                rows.append(_row(work / f"{E}-{lazy}", E, lazy, seconds))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    by = {(r["experts"], r["lazy"]): r["ms_per_update"] for r in rows}
+    for r in rows:
+        r["ratio_to_smallest"] = r["ms_per_update"] / by[(EXPERTS[0], r["lazy"])]
+    config = {"N": N, "D": D, "B": B, "T": T, "top_k": TOP_K, "routing": "game", "threads": torch.get_num_threads()}
+    return {"config": config, "rows": rows}
+
+
+def _row(directory: Path, E: int, lazy: bool, seconds: float) -> dict:
+    core = MoEELSTMCore(D, N, E, TOP_K, "game", schedule=[0], num_games=1, lazy=lazy)
+    store = core.create_store(directory, B, hbm=E, dram=E, device="cpu")
+    core.attach_store(store, 0.99, 0.01)
+    carry = core.learner_carry(B, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(T + 1, B, D, generator=gen)
+    W = torch.randn(T, B, N, generator=gen)
+    first = torch.zeros(T + 1, B, dtype=torch.bool)
+    game = torch.zeros(T + 1, B, dtype=torch.long)
+    times = []
+    deadline = None
+    while len(times) < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        out, ctx = core.learner_unroll(x, first, (), carry, 0, game)
+        (W * out[:T]).sum().backward()
+        carry = core.learner_after_backward(ctx)
+        core.learner_step(1e-4)
+        elapsed = time.perf_counter() - start
+        if deadline is None and len(times) + 1 >= WARMUP:
+            deadline = time.perf_counter() + seconds
+            times.clear()
+            continue
+        times.append(elapsed)
+    record_bytes = sum(s.nbytes for s in store.spec.values())
+    store.close()
+    return {"name": f"{'lazy' if lazy else 'eager'}/E={E}", "experts": E, "lazy": lazy,
+            "ms_per_update": statistics.median(times) * 1000, "updates": len(times), "active": TOP_K,
+            "store_mib": E * record_bytes / 2**20, "carry_mib": 2 * E * B * N * 4 / 2**20,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def format_table(result: dict) -> str:
+    c = result["config"]
+    lines = [f"MoE learner update, N={c['N']} D={c['D']} B={c['B']} T={c['T']} k={c['top_k']}, routing {c['routing']}",
+             f"{'row':<14} {'ms/update':>10} {'x E=8':>7} {'store MiB':>10} {'carry MiB':>10} {'peak RSS MiB':>13}"]
+    for r in result["rows"]:
+        lines.append(f"{r['name']:<14} {r['ms_per_update']:>10.1f} {r['ratio_to_smallest']:>7.2f} "
+                     f"{r['store_mib']:>10.0f} {r['carry_mib']:>10.1f} {r['peak_rss_mib']:>13.0f}")
+    return "\n".join(lines)
