@@ -9,9 +9,12 @@ Tiers (capacities in experts, ``0 < hbm <= dram <= num_experts``)
     so dram never evicts an expert that is in hbm.
 
 Eviction (one policy, LRU per tier)
-    The victim is the least recently *demanded* resident that is not pinned, not in use (between
-    :meth:`get` and :meth:`release`) and has no transfer in flight. A dirty victim is written back
-    first (hbm -> its dram buffer; dram -> a free NVMe slot), never dropped.
+    The victim is the least recently used resident (a demand access or a prefetch's arrival makes
+    an expert most recent) that is not in use (between :meth:`get` and :meth:`release`), has no
+    transfer in flight and, in hbm, is not pinned. A dirty victim is written back first (hbm -> its
+    dram buffer; dram -> a free NVMe slot), never dropped. A demand that finds no victim waits for
+    other threads' leases and transfers; only when nothing but its own leases and the pins fill the
+    tier does it raise :class:`CapacityError` (the store stays usable).
 
 Concurrency
     One condition variable guards all bookkeeping; I/O runs outside it. Each expert has at most one
@@ -19,13 +22,19 @@ Concurrency
     read while its write-back is in flight, nor loaded twice. Demand loads run in the calling
     thread, one at a time (``_demand_lock``, so two demand loads cannot each hold a buffer the other
     needs); prefetches run on a pool of I/O threads and never wait for a buffer (they are dropped
-    instead), so a demand load always makes progress when the capacities allow it at all.
+    instead), so a demand load always makes progress when the capacities allow it at all. A
+    queued prefetch counts as in flight: a demand for its expert waits for it. Leases are meant to be
+    short (get, compute, release): a thread that holds leases while it demands more can wait for
+    another thread's leases, so two threads doing that at once with a too small tier would wait for
+    each other (in training only the learner thread leases experts).
 
 Durability
     A write-back to NVMe goes to a slot that no committed state names; :meth:`flush` fsyncs the
     slabs and then commits the manifest atomically (``storage/manifest.py``). A crash, a full disk
     or any other failure therefore leaves the last committed state intact; after a failure the
-    store refuses further use (every call re-raises the first error).
+    store refuses further use (every call re-raises the first error; a failure is recorded before
+    the failed transfer is marked done, so no waiter can commit past it). :meth:`flush` holds the
+    store's lock while it writes, so other threads' accesses wait for a checkpoint.
 """
 
 from __future__ import annotations
@@ -59,6 +68,10 @@ class CorruptExpertError(UserError):
                          "backup, or open the store without verification to read the others")
 
 
+class CapacityError(UserError):
+    """A tier cannot hold the experts this thread has in use plus the pinned ones; the store stays usable."""
+
+
 @dataclass
 class _Expert:
     """Bookkeeping of one expert (guarded by the store's condition variable)."""
@@ -76,7 +89,9 @@ class _Expert:
     busy: bool = False
     """A transfer of this expert is in flight; everyone else waits."""
     prefetching: bool = False
-    """The transfer in flight is a prefetch that no demand has waited for yet."""
+    """The transfer in flight is a prefetch."""
+    demand_waiting: bool = False
+    """A demand is waiting for the prefetch in flight (it is late; used if it loads)."""
     prefetched: bool = False
     """Brought in by a prefetch and not demanded since."""
     uses: int = 0
@@ -99,15 +114,15 @@ class ExpertStore:
     """Many equally shaped expert records across hbm, dram and NVMe (see the module docstring)."""
 
     def __init__(self, directory: Path, manifest: Manifest, hbm: int, dram: int, device: torch.device | str,
-                 io_threads: int = 2, keep_snapshots: int = 2, record_trace: bool = False) -> None:
-        """Use :meth:`create` or :meth:`open`."""
+                 io_threads: int = 2, record_trace: bool = False) -> None:
+        """Use :meth:`create` or :meth:`open`. Snapshots kept: ``slots_per_expert - 2`` (the manifest's)."""
         self.directory = Path(directory)
         self.spec: RecordSpec = manifest.spec
         self.num_experts = manifest.num_experts
         validate_capacities(hbm, dram, self.num_experts)
         self.hbm_capacity, self.dram_capacity = hbm, dram
         self.device = torch.device(device)
-        self.keep_snapshots = keep_snapshots
+        self.keep_snapshots = manifest.slots_per_expert - 2
         self._manifest = manifest
         self._slabs = {k: SlabFile(self.directory / f"{k}{SUFFIX}", s, self.num_experts * manifest.slots_per_expert,
                                    create=False) for k, s in self.spec.items()}
@@ -122,6 +137,8 @@ class ExpertStore:
         self._demand_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="expert-io")
         self._error: BaseException | None = None
+        self._closed = False
+        self._held: dict[int, dict[int, int]] = {}  # thread id -> expert -> open leases
         self.counters = StoreCounters()
         self.trace: list[list[int]] | None = [] if record_trace else None
         """Demand accesses, one list of expert ids per :meth:`get` (when ``record_trace``)."""
@@ -154,14 +171,15 @@ class ExpertStore:
                 slab.close()
         manifest = Manifest(spec, num_experts, slots, refs)
         manifest.save(directory)
-        return cls(directory, manifest, hbm, dram, device, keep_snapshots=keep_snapshots, **kwargs)
+        return cls(directory, manifest, hbm, dram, device, **kwargs)
 
     @classmethod
     def open(cls, directory: Path, hbm: int, dram: int, device: torch.device | str = "cpu", verify: bool = True,
-             snapshot: str | None = None, keep_snapshots: int = 2, **kwargs) -> "ExpertStore":
+             snapshot: str | None = None, **kwargs) -> "ExpertStore":
         """Open an existing store; ``verify`` checks every expert's crc32 (raises
         :class:`CorruptExpertError` naming the bad ones); ``snapshot`` rolls the store back to the
-        state saved by :meth:`checkpoint` under that tag (later snapshots are dropped)."""
+        state saved by :meth:`checkpoint` under that tag, committed (later snapshots dropped) only
+        once it has verified."""
         directory = Path(directory)
         manifest = Manifest.load(directory)
         if snapshot is not None:
@@ -169,18 +187,21 @@ class ExpertStore:
                 raise UserError(f"expert store {directory} has no snapshot {snapshot!r} "
                                 f"(it has: {', '.join(manifest.snapshot_order) or 'none'})")
             manifest.experts = [replace(r) for r in manifest.snapshots[snapshot]]
-            for later in manifest.snapshot_order[manifest.snapshot_order.index(snapshot) + 1:]:
+            keep = manifest.snapshot_order.index(snapshot) + 1
+            for later in manifest.snapshot_order[keep:]:
                 del manifest.snapshots[later]
-            manifest.snapshot_order = manifest.snapshot_order[: manifest.snapshot_order.index(snapshot) + 1]
+            manifest.snapshot_order = manifest.snapshot_order[:keep]
             manifest.seq += 1
-            manifest.save(directory)
-        store = cls(directory, manifest, hbm, dram, device, keep_snapshots=keep_snapshots, **kwargs)
-        if verify:
-            bad = store.verify()
+        store = cls(directory, manifest, hbm, dram, device, **kwargs)
+        try:
+            bad = store.verify() if verify else {}
             if bad:
-                store.close()
-                first = bad[min(bad)]
-                raise CorruptExpertError(directory, sorted(bad), first)
+                raise CorruptExpertError(directory, sorted(bad), bad[min(bad)])
+            if snapshot is not None:
+                manifest.save(directory)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def verify(self) -> dict[int, str]:
@@ -203,10 +224,18 @@ class ExpertStore:
         unique = list(dict.fromkeys(ids))
         self._check_ids(unique)
         if self.trace is not None:
-            self.trace.append(unique)
+            with self._cv:
+                self.trace.append(unique)
         stall = 0.0
-        for e in unique:
-            stall += self._acquire(e)
+        acquired = []
+        try:
+            for e in unique:
+                stall += self._acquire(e)
+                acquired.append(e)
+        except BaseException:
+            if acquired and self._error is None:
+                self.release(acquired)
+            raise
         with self._cv:
             self.counters.stall_s += stall
             records = {e: self._hbm.buffers[self._experts[e].hbm] for e in unique}
@@ -217,12 +246,16 @@ class ExpertStore:
 
     def release(self, ids: Iterable[int], dirty: bool = False) -> None:
         """End the lease of :meth:`get` on ``ids``; ``dirty``: their hbm records were modified."""
+        ids = list(dict.fromkeys(ids))
         point = self._mover.compute_point()
         with self._cv:
-            for e in dict.fromkeys(ids):
+            held = self._held.get(threading.get_ident(), {})
+            for e in ids:
+                if held.get(e, 0) <= 0 or self._experts[e].hbm is None:
+                    raise RuntimeError(f"release of expert {e}, which this thread does not have in use")
+            for e in ids:
                 ent = self._experts[e]
-                if ent.uses <= 0 or ent.hbm is None:
-                    raise RuntimeError(f"release of expert {e}, which is not in use")
+                held[e] -= 1
                 ent.uses -= 1
                 ent.hbm_dirty |= dirty
                 if point is not None:
@@ -253,16 +286,14 @@ class ExpertStore:
                     if ent.prefetched:
                         self.counters.prefetch_used += 1
                         ent.prefetched = False
-                    ent.uses += 1
+                    self._lease(e)
                     self._touch(e)
                     return 0.0 if start is None else time.perf_counter() - start
                 if not counted:
                     counted = True
                     self.counters.hbm_misses += 1
                     if ent.busy and ent.prefetching:
-                        self.counters.prefetch_late += 1
-                        self.counters.prefetch_used += 1
-                        ent.prefetching = False  # this prefetch is used: it will not count again
+                        ent.demand_waiting = True  # late: counted as used (and late) if it loads
                 if start is None:
                     start = time.perf_counter()
                 if ent.busy:
@@ -275,11 +306,27 @@ class ExpertStore:
                     self.counters.dram_hits += ent.dram is not None
                     self.counters.dram_misses += ent.dram is None
                     ent.busy = True
-                    ent.uses += 1  # leased before the load ends, so nothing evicts it in between
-                self._guarded(self._bring_in, e, False)
+                    self._lease(e)  # leased before the load ends, so nothing evicts it in between
+                try:
+                    self._bring_in(e, False)
+                except BaseException:
+                    with self._cv:
+                        self._unlease(e)
+                    raise
             with self._cv:
                 self._touch(e)
             return time.perf_counter() - start
+
+    def _lease(self, e: int) -> None:
+        """One more use of expert ``e`` by the calling thread (lock held)."""
+        self._experts[e].uses += 1
+        held = self._held.setdefault(threading.get_ident(), {})
+        held[e] = held.get(e, 0) + 1
+
+    def _unlease(self, e: int) -> None:
+        self._experts[e].uses -= 1
+        self._held[threading.get_ident()][e] -= 1
+        self._cv.notify_all()
 
     def _touch(self, e: int) -> None:
         """Mark a demand access in the LRU orders (lock held)."""
@@ -295,6 +342,8 @@ class ExpertStore:
         started = []
         with self._cv:
             self._check_error()
+            if self._closed:
+                raise RuntimeError("prefetch on a closed expert store")
             for e in ids:
                 ent = self._experts[e]
                 if ent.hbm is not None or ent.busy:
@@ -302,14 +351,22 @@ class ExpertStore:
                 ent.busy = ent.prefetching = True
                 self.counters.prefetch_issued += 1
                 started.append(e)
-        for e in started:
-            self._pool.submit(self._guarded, self._prefetch_job, e)
+        for i, e in enumerate(started):
+            try:
+                self._pool.submit(self._prefetch_job, e)
+            except BaseException:  # e.g. the pool shut down meanwhile: nothing may stay "in flight"
+                with self._cv:
+                    for x in started[i:]:
+                        self._experts[x].busy = self._experts[x].prefetching = False
+                    self._cv.notify_all()
+                raise
 
     def pin(self, ids: Iterable[int]) -> None:
         """Never evict ``ids`` from hbm until :meth:`unpin`; prefetches those not resident."""
         ids = list(dict.fromkeys(ids))
         self._check_ids(ids)
         with self._cv:
+            self._check_error()
             pinned = {e for e, ent in enumerate(self._experts) if ent.pins} | set(ids)
             if len(pinned) >= self.hbm_capacity:
                 raise UserError(f"cannot pin {len(pinned)} experts in an hbm tier of {self.hbm_capacity}: "
@@ -320,10 +377,12 @@ class ExpertStore:
 
     def unpin(self, ids: Iterable[int]) -> None:
         """Undo one :meth:`pin` of each of ``ids``."""
+        ids = list(dict.fromkeys(ids))
         with self._cv:
-            for e in dict.fromkeys(ids):
+            for e in ids:
                 if self._experts[e].pins <= 0:
                     raise RuntimeError(f"unpin of expert {e}, which is not pinned")
+            for e in ids:
                 self._experts[e].pins -= 1
             self._cv.notify_all()
 
@@ -339,12 +398,13 @@ class ExpertStore:
                 del self._hbm.lru[e]
                 ent.busy = True
                 h = self._detach(self._hbm, e)
-            self._guarded(self._evict_hbm, e, h)
-            with self._cv:
-                self._hbm.free.append(h)
+            self._evict_hbm(e, h, free=True)
 
     def _prefetch_job(self, e: int) -> None:
-        self._bring_in(e, prefetch=True)
+        try:
+            self._bring_in(e, prefetch=True)
+        except BaseException:  # already recorded as the store's error; demands re-raise it
+            pass
 
     # ----------------------------------------------------------------------------- movement
     def _bring_in(self, e: int, prefetch: bool) -> bool:
@@ -352,9 +412,10 @@ class ExpertStore:
         found no buffer. Clears ``busy`` (and settles the prefetch bookkeeping) when done."""
         ent = self._experts[e]
         loaded = False
+        h = None
         try:
             with self._cv:
-                h, victim = self._reserve(self._hbm, e, prefetch, lambda x: True)
+                h, victim = self._reserve(self._hbm, e, prefetch, lambda x: self._experts[x].pins == 0)
             if h is None:
                 return False
             if victim is not None:
@@ -363,8 +424,6 @@ class ExpertStore:
                 with self._cv:
                     d, dvictim = self._reserve(self._dram, e, prefetch, lambda x: self._experts[x].hbm is None)
                 if d is None:
-                    with self._cv:
-                        self._hbm.free.append(h)
                     return False
                 if dvictim is not None:
                     self._evict_dram(dvictim, d)
@@ -373,43 +432,57 @@ class ExpertStore:
                     ent.dram = d
                     self._dram.lru[e] = None
             ready = self._mover.copy(self._dram.buffers[ent.dram], self._hbm.buffers[h], after=self._hbm.events[h])
+            # Safe outside the lock: h is owned by this transfer, and ent.dram cannot be evicted while e is busy.
             self._hbm.events[h] = self._dram.events[ent.dram] = ready
             with self._cv:
-                ent.hbm = h
+                ent.hbm, h = h, None
                 self._hbm.lru[e] = None
                 self.counters.bytes_dram_to_hbm += self._record_bytes
             loaded = True
             return True
+        except BaseException as err:
+            self._fail(err)
+            raise
         finally:
             with self._cv:
+                if h is not None:  # reserved but not used: give it back
+                    self._hbm.free.append(h)
                 ent.busy = False
                 if prefetch:
-                    ent.prefetched = loaded and ent.prefetching  # not if a demand already used it
-                    ent.prefetching = False
-                    self.counters.prefetch_dropped += not loaded
+                    if loaded and ent.demand_waiting:
+                        self.counters.prefetch_used += 1
+                        self.counters.prefetch_late += 1
+                    else:
+                        ent.prefetched = loaded
+                        self.counters.prefetch_dropped += not loaded
+                    ent.prefetching = ent.demand_waiting = False
                 self._cv.notify_all()
 
     def _reserve(self, pool: _Pool, owner: int, prefetch: bool,
                  eligible: Callable[[int], bool]) -> tuple[int | None, int | None]:
         """A buffer of ``pool`` for a new resident: a free one, or an evicted victim's (returned as
         ``(buffer, victim)``: the caller writes the victim back before reusing the buffer). Called
-        with the lock held; a demand waits for transfers in flight, a prefetch gives up."""
+        with the lock held. A prefetch gives up at once; a demand waits while another thread's
+        leases or transfers may free a buffer, and raises :class:`CapacityError` otherwise."""
         while True:
             self._check_error()
             if pool.free:
                 return pool.free.pop(), None
             for x in pool.lru:
                 ent = self._experts[x]
-                if not ent.busy and ent.uses == 0 and ent.pins == 0 and eligible(x):
+                if not ent.busy and ent.uses == 0 and eligible(x):
                     del pool.lru[x]
                     ent.busy = True
                     return self._detach(pool, x), x
             if prefetch:
                 return None, None
-            if not any(ent.busy for x, ent in enumerate(self._experts) if x != owner):
+            mine = self._held.get(threading.get_ident(), {})
+            others_busy = any(ent.busy for x, ent in enumerate(self._experts) if x != owner)
+            others_hold = any(ent.uses > mine.get(x, 0) for x, ent in enumerate(self._experts))
+            if not (others_busy or others_hold):
                 tier = "hbm" if pool is self._hbm else "dram"
-                raise UserError(f"the {tier} tier ({len(pool.buffers)} experts) cannot hold the experts in use "
-                                "and pinned at once; raise its capacity")
+                raise CapacityError(f"the {tier} tier ({len(pool.buffers)} experts) cannot hold the experts in use "
+                                    "and pinned at once; raise its capacity")
             self._cv.wait()
 
     def _detach(self, pool: _Pool, x: int) -> int:
@@ -425,21 +498,29 @@ class ExpertStore:
             self.counters.evictions_dram += 1
         return buf
 
-    def _evict_hbm(self, x: int, h: int) -> None:
-        """Write victim ``x``'s hbm buffer ``h`` back to its dram buffer if dirty; clears ``busy``."""
+    def _evict_hbm(self, x: int, h: int, free: bool = False) -> None:
+        """Write victim ``x``'s hbm buffer ``h`` back to its dram buffer if dirty; clears ``busy``
+        (and, with ``free``, returns ``h`` to the free list in the same step)."""
         try:
             self._write_back_hbm(x, h)
+        except BaseException as err:
+            self._fail(err)
+            raise
         finally:
             with self._cv:
+                if free:
+                    self._hbm.free.append(h)
                 self._experts[x].busy = False
                 self._cv.notify_all()
 
-    def _write_back_hbm(self, x: int, h: int) -> None:
-        """Copy expert ``x``'s hbm buffer ``h`` into its dram buffer if the hbm copy is newer."""
+    def _write_back_hbm(self, x: int, h: int, after: "torch.cuda.Event | None" = None) -> None:
+        """Copy expert ``x``'s hbm buffer ``h`` into its dram buffer if the hbm copy is newer.
+        ``after``: the event the copy waits for (default: the buffer's last release)."""
         ent = self._experts[x]
         if not ent.hbm_dirty:
             return
-        done = self._mover.copy(self._hbm.buffers[h], self._dram.buffers[ent.dram], after=self._hbm.events[h])
+        done = self._mover.copy(self._hbm.buffers[h], self._dram.buffers[ent.dram],
+                                after=self._hbm.events[h] if after is None else after)
         self._mover.wait_host(done)
         self._hbm.events[h] = done
         with self._cv:
@@ -454,6 +535,9 @@ class ExpertStore:
             if ent.dram_dirty:
                 self._mover.wait_host(self._dram.events[d])
                 self._write_nvme(x, self._dram.buffers[d])
+        except BaseException as err:
+            self._fail(err)
+            raise
         finally:
             with self._cv:
                 ent.busy = False
@@ -495,10 +579,11 @@ class ExpertStore:
             self._check_error()
             while any(ent.busy for ent in self._experts):
                 self._cv.wait()
+            self._check_error()  # a transfer that failed while this thread waited
             try:
                 self._flush_locked(snapshot)
             except BaseException as err:
-                self._error = err
+                self._fail(err)
                 raise
 
     def checkpoint(self, tag: str) -> None:
@@ -509,8 +594,8 @@ class ExpertStore:
     def _flush_locked(self, snapshot: str | None) -> None:
         for e, ent in enumerate(self._experts):
             if ent.hbm is not None:
-                self._hbm.events[ent.hbm] = self._mover.compute_point()
-                self._write_back_hbm(e, ent.hbm)
+                # An expert in use may have work queued on the compute stream: wait for all of it.
+                self._write_back_hbm(e, ent.hbm, after=self._mover.compute_point() if ent.uses else None)
             if ent.dram is not None and ent.dram_dirty:
                 self._write_nvme(e, self._dram.buffers[ent.dram])
         for slab in self._slabs.values():
@@ -573,6 +658,8 @@ class ExpertStore:
 
     def close(self) -> None:
         """Stop the I/O threads and close the files (no implicit flush: uncommitted work is dropped)."""
+        with self._cv:
+            self._closed = True
         self._pool.shutdown(wait=True)
         for slab in self._slabs.values():
             slab.close()
@@ -589,16 +676,15 @@ class ExpertStore:
         self.close()
 
     # ----------------------------------------------------------------------------- helpers
-    def _guarded(self, fn: Callable, *args):
-        """Run an I/O step; the first failure is kept and every later call re-raises it."""
-        try:
-            return fn(*args)
-        except BaseException as err:
-            with self._cv:
-                if self._error is None:
-                    self._error = err
-                self._cv.notify_all()
-            raise
+    def _fail(self, err: BaseException) -> None:
+        """Keep the first failure of a transfer as the store's error (every later call re-raises it);
+        a capacity shortage is the caller's problem, not the store's."""
+        if isinstance(err, CapacityError):
+            return
+        with self._cv:
+            if self._error is None:
+                self._error = err
+            self._cv.notify_all()
 
     def _check_error(self) -> None:
         if self._error is not None:

@@ -438,3 +438,93 @@ def test_evict_writes_back_and_frees_hbm_but_skips_experts_in_use(tmp_path: Path
         assert _equal(rec, truth[0])
     assert records[0]["w"].shape == (3, 700)
     store.close()
+
+
+def test_a_demand_waits_for_another_threads_leases_instead_of_failing(tmp_path: Path) -> None:
+    store, truth = _make(tmp_path, n=8, hbm=3, dram=4)
+    store.get([0, 1])  # another user holds two of the three hbm buffers for a moment
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(store.get([2, 3])))
+    t.start()
+    time.sleep(0.2)
+    assert t.is_alive() and not got  # waiting, not failed
+    store.release([0, 1])
+    t.join(timeout=10)
+    assert got and _equal(got[0][1], truth[3])
+    store.close()
+
+
+def test_capacity_shortage_of_one_thread_is_an_error_that_leaves_the_store_usable(tmp_path: Path) -> None:
+    from storage.expert_store import CapacityError
+
+    store, truth = _make(tmp_path, n=8, hbm=3, dram=4)
+    store.pin([7])
+    store.wait_idle()
+    store.get([0])
+    with pytest.raises(CapacityError, match="hbm tier"):
+        store.get([1, 2])  # 1 lease + 1 pin + 2 more > 3
+    assert [store._experts[e].uses for e in range(3)] == [1, 0, 0]  # no lease leaked
+    store.release([0])
+    with store.use([1, 2]) as recs:
+        assert _equal(recs[1], truth[2])
+    store.close()
+
+
+def test_checkpoint_after_a_failed_write_back_raises_and_commits_nothing(tmp_path: Path, monkeypatch) -> None:
+    store, _ = _make(tmp_path, n=4, hbm=1, dram=1, io_threads=1)
+    with store.use([0], dirty=True) as (rec,):
+        rec["m"].fill_(7.0)
+    store.evict([0])  # dirty in dram only
+    seq = Manifest.load(tmp_path / "experts").seq
+
+    def failing(self, slot, src):
+        time.sleep(0.05)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(storage.slab.SlabFile, "write", failing)
+    store.prefetch([1])  # the I/O thread evicts dirty expert 0 from dram: its write-back fails
+    with pytest.raises(OSError, match="I/O error"):
+        store.checkpoint("t1")
+    assert Manifest.load(tmp_path / "experts").seq == seq
+    store.close()
+
+
+def test_a_late_prefetch_that_is_dropped_is_neither_used_nor_late(tmp_path: Path, monkeypatch) -> None:
+    store, _ = _make(tmp_path, n=8, hbm=2, dram=4, io_threads=1)
+    real = ExpertStore._prefetch_job
+
+    def slow(self, e):
+        time.sleep(0.2)
+        real(self, e)
+
+    monkeypatch.setattr(ExpertStore, "_prefetch_job", slow)
+    store.get([0, 1])  # hbm full of leased experts: the prefetch of 2 will find no buffer
+    store.prefetch([2])
+    t = threading.Thread(target=lambda: (store.get([2]), store.release([2])))
+    t.start()
+    time.sleep(0.3)
+    store.release([0, 1])
+    t.join(timeout=10)
+    store.wait_idle()
+    c = store.counters
+    assert (c.prefetch_issued, c.prefetch_used, c.prefetch_late, c.prefetch_dropped) == (1, 0, 0, 1)
+    assert (c.hbm_misses, c.dram_hits + c.dram_misses) == (3, 3)  # the demand loaded 2 itself
+    store.close()
+
+
+def test_prefetch_after_close_raises_and_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=4, hbm=1, dram=2)
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.prefetch([3])
+    assert not any(ent.busy for ent in store._experts)
+
+
+def test_snapshot_count_comes_from_the_store_not_the_caller(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=3, hbm=1, dram=2, keep_snapshots=0)
+    store.close()
+    store = ExpertStore.open(tmp_path / "experts", 1, 2)
+    for i in range(3):
+        store.checkpoint(f"s{i}")
+    assert store.keep_snapshots == 0 and store.snapshots == []
+    store.close()
