@@ -20,7 +20,7 @@ import sys
 from train.errors import UserError
 
 
-BENCHMARKS: dict[str, str] = {"throughput": "bench.throughput", "rtrl": "bench.rtrl", "store": "bench.store", "moe": "bench.moe"}
+BENCHMARKS: dict[str, str] = {"throughput": "bench.throughput", "rtrl": "bench.rtrl", "store": "bench.store", "moe": "bench.moe", "cache": "bench.cache"}
 """Benchmark name -> module with ``run(seconds) -> dict`` and ``format_table(result) -> str``; imported
 lazily so one benchmark's imports never slow another."""
 

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -170,40 +171,64 @@ def make_trace(seed: int = 0) -> tuple[list[list[int]], list[int]]:
     return steps, games
 
 
-def _trace_rows(directory: Path, device: torch.device) -> list[dict]:
+def create_trace_store(directory: Path, device: torch.device) -> None:
+    """The store the trace rows replay through: ``TRACE["experts"]`` records of two float32 kinds."""
+    spec = {k: TensorSpec(tuple(TRACE["record_shape"]), torch.float32) for k in ("F", "Z")}
+    ExpertStore.create(directory, spec, TRACE["experts"], 1, 1, device).close()
+
+
+def replay(directory: Path, device: torch.device, steps: list[list[int]], games: list[int], name: str,
+           before_step: Callable[[ExpertStore, int], None] | None = None, evict_after: bool = False) -> dict:
+    """Replay ``steps`` through a fresh open of the trace store; one trace row named ``name``.
+
+    ``before_step(store, i)`` runs before step i's demand (a prefetch policy); ``evict_after``
+    empties hbm after every step (no caching). Each step sleeps ``compute_ms`` while it holds its
+    experts (the compute that prefetches overlap); the slabs leave the page cache at every switch,
+    so NVMe reads are disk reads."""
     t = TRACE
-    spec = {k: TensorSpec(tuple(t["record_shape"]), torch.float32) for k in ("F", "Z")}
-    ExpertStore.create(directory, spec, t["experts"], 1, 1, device).close()
-    steps, games = make_trace()
-    switch_steps = [i for i in range(1, len(games)) if games[i] != games[i - 1]]
-    settling = {i + j for i in [0] + switch_steps for j in range(t["settle"])}
-    rows = []
-    for mode in ("none", "lru", "cohort"):
-        store = ExpertStore.open(directory, t["hbm"], t["dram"], device, verify=False)
-        store.drop_page_cache()
-        misses = [0] * len(steps)
-        for i, ids in enumerate(steps):
-            if mode == "cohort":
-                _oracle_prefetch(store, games, i)
-            if i in switch_steps:
-                store.drop_page_cache()  # the NVMe tier is the disk, not the page cache
-            before = store.counters.hbm_misses
-            store.get(ids)
-            misses[i] = store.counters.hbm_misses - before
-            time.sleep(t["compute_ms"] / 1000)  # the step's compute, which prefetches overlap
-            store.release(ids)
-            if mode == "none":
-                store.evict(ids)
-        store.wait_idle()
-        s = store.stats()
-        store.close()
-        rows.append(_trace_row(mode, steps, misses, settling, len(switch_steps), s["stall_s"]))
+    switch_steps = {i for i in range(1, len(games)) if games[i] != games[i - 1]}
+    settling = {i + j for i in {0} | switch_steps for j in range(t["settle"])}
+    store = ExpertStore.open(directory, t["hbm"], t["dram"], device, verify=False)
+    store.drop_page_cache()
+    misses = [0] * len(steps)
+    for i, ids in enumerate(steps):
+        if i in switch_steps:
+            store.drop_page_cache()
+        if before_step is not None:
+            before_step(store, i)
+        before = store.counters.hbm_misses
+        store.get(ids)
+        misses[i] = store.counters.hbm_misses - before
+        time.sleep(t["compute_ms"] / 1000)
+        store.release(ids)
+        if evict_after:
+            store.evict(ids)
+    store.wait_idle()
+    stall_s = store.stats()["stall_s"]
+    store.close()
+    total = sum(len(s) for s in steps)
+    between = [i for i in range(len(steps)) if i not in settling]
+    return {"name": name, "hit_rate_hbm": 1 - sum(misses) / total,
+            "hit_rate_between_switches": 1 - sum(misses[i] for i in between) / sum(len(steps[i]) for i in between),
+            "misses_per_switch": sum(misses[i] for i in settling) / (len(switch_steps) + 1),
+            "stall_ms_per_step": stall_s * 1000 / len(steps)}
+
+
+def belady_row(steps: list[list[int]]) -> dict:
+    """The offline bound on the hbm hit rate at ``TRACE["hbm"]`` (and at the dram capacity)."""
     accesses = flatten(steps)
-    hits = belady_hits(accesses, t["hbm"])
-    rows.append({"name": "trace/belady", "hit_rate_hbm": hits / len(accesses),
-                 "hit_rate_between_switches": None, "misses_per_switch": None, "stall_ms_per_step": None,
-                 "dram_bound_hit_rate": belady_hits(accesses, t["dram"]) / len(accesses)})
-    return rows
+    return {"name": "trace/belady", "hit_rate_hbm": belady_hits(accesses, TRACE["hbm"]) / len(accesses),
+            "hit_rate_between_switches": None, "misses_per_switch": None, "stall_ms_per_step": None,
+            "dram_bound_hit_rate": belady_hits(accesses, TRACE["dram"]) / len(accesses)}
+
+
+def _trace_rows(directory: Path, device: torch.device) -> list[dict]:
+    create_trace_store(directory, device)
+    steps, games = make_trace()
+    return [replay(directory, device, steps, games, "trace/none", evict_after=True),
+            replay(directory, device, steps, games, "trace/lru"),
+            replay(directory, device, steps, games, "trace/cohort", before_step=lambda st, i: _oracle_prefetch(st, games, i)),
+            belady_row(steps)]
 
 
 def _oracle_prefetch(store: ExpertStore, games: list[int], i: int) -> None:
@@ -217,17 +242,6 @@ def _oracle_prefetch(store: ExpertStore, games: list[int], i: int) -> None:
         store.pin(cohort(ahead))
     if i > 0 and games[i] != games[i - 1]:
         store.unpin(cohort(games[i - 1]))
-
-
-def _trace_row(mode: str, steps: list[list[int]], misses: list[int], settling: set[int], switches: int,
-               stall_s: float) -> dict:
-    total = sum(len(s) for s in steps)
-    between = [i for i in range(len(steps)) if i not in settling]
-    between_accesses = sum(len(steps[i]) for i in between)
-    return {"name": f"trace/{mode}", "hit_rate_hbm": 1 - sum(misses) / total,
-            "hit_rate_between_switches": 1 - sum(misses[i] for i in between) / between_accesses,
-            "misses_per_switch": sum(misses[i] for i in settling) / (switches + 1),
-            "stall_ms_per_step": stall_s * 1000 / len(steps)}
 
 
 def _sync(device: torch.device) -> None:
