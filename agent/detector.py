@@ -141,10 +141,11 @@ class GameDetector:
             idx = torch.randint(filled, (count,), generator=self._gen)
             frames.append(self._reservoir[game, idx.to(self.device)])
             labels.append(torch.full((count,), game, dtype=torch.int64))
-        logits = self.net(torch.cat(frames))
-        loss = F.cross_entropy(logits, torch.cat(labels).to(self.device))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.enable_grad():  # callers such as the actor thread run under no_grad
+            logits = self.net(torch.cat(frames))
+            loss = F.cross_entropy(logits, torch.cat(labels).to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         return loss.item()
 

@@ -36,13 +36,18 @@ class CohortMap:
 
     def cohort(self, game: int) -> list[int]:
         """The game's cohort, most used first; empty for a game never counted."""
-        row = self.counts[game]
-        total = row.sum()
-        if total <= 0:
-            return []
-        order = np.argsort(-row, kind="stable")
-        size = int(np.searchsorted(np.cumsum(row[order]) / total, self.share) + 1)
-        return [int(e) for e in order[: min(size, self.max_size)] if row[e] > 0]
+        return cohort_of(self.counts[game], self.share, self.max_size)
+
+
+def cohort_of(counts: np.ndarray, share: float, max_size: int) -> list[int]:
+    """The fewest most-used experts (at most ``max_size``) carrying ``share`` of one game's routing
+    counts [E], most used first; empty when nothing was counted."""
+    total = counts.sum()
+    if total <= 0:
+        return []
+    order = np.argsort(-counts, kind="stable")
+    size = int(np.searchsorted(np.cumsum(counts[order]) / total, share) + 1)
+    return [int(e) for e in order[: min(size, max_size)] if counts[e] > 0]
 
 
 class CohortPrefetcher:

@@ -139,23 +139,10 @@ class ELSTMCore(Core):
         c0 = None if per_step else carry.c.detach().requires_grad_(True)
         c = carry.c if per_step else c0
         T = inputs.shape[0] - 1
-        outputs, cells, rec = [], [], {"c_prev": [], "f": [], "z": []}
         keep = (~first).to(inputs.dtype).unsqueeze(-1)
-        for t in range(T + 1):
-            # Step form: a fresh leaf per step cuts the recurrence and makes c_t part of the graph, so
-            # autograd yields e_t = dL_t/dc_t through the heads only.
-            c_prev = (c.detach().requires_grad_() if per_step else c) * keep[t]
-            h, c, f, z = self._cell(inputs[t], c_prev, *params)
-            outputs.append(h)
-            if t < T:
-                if per_step:
-                    c.retain_grad()
-                    cells.append(c)
-                for k, v in (("c_prev", c_prev), ("f", f), ("z", z)):
-                    rec[k].append(v.detach())
-        record = _Record(x=inputs[:T].detach(), keep=keep[:T], carry=carry, c0=c0, cells=cells,
-                         **{k: torch.stack(v) for k, v in rec.items()})
-        return torch.stack(outputs), record
+        outputs, cells, rec = unroll(lambda t, c_prev: self._cell(inputs[t], c_prev, *params), c, keep, per_step)
+        record = _Record(x=inputs[:T].detach(), keep=keep[:T], carry=carry, c0=c0, cells=cells, **rec)
+        return outputs, record
 
     def learner_after_backward(self, record: Any) -> Any:
         if self.learning != "rtrl":
@@ -224,6 +211,32 @@ class ELSTMCore(Core):
             "rtrl/frac_J_gt_1": (J.abs() > 1.0).float().mean().item(),
             "rtrl/max_abs_S": max(t.abs().item() for k in ("F", "Z") for t in torch.aminmax(S[k])),
         }
+
+
+def unroll(cell, c: torch.Tensor, keep: torch.Tensor, per_step: bool
+           ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+    """The learner's pass over a rollout of T + 1 steps for both RTRL forms.
+
+    ``cell(t, c_prev) -> (h, c, f, z)``; ``c`` [B, N] the carried cell (the autograd leaf c_0 in the
+    segment form); ``keep`` [T + 1, B, 1] zero where a stream's episode starts. Returns the outputs
+    [T + 1, B, N], the per-step cells with retained grads (per-step form, steps 0..T-1) and the
+    detached ``c_prev``, ``f``, ``z`` [T, B, N] that the sensitivity update needs. In the per-step
+    form a fresh leaf per step cuts the recurrence and makes c_t part of the graph, so autograd
+    yields e_t = dL_t/dc_t through the heads only.
+    """
+    T = keep.shape[0] - 1
+    outputs, cells, rec = [], [], {"c_prev": [], "f": [], "z": []}
+    for t in range(T + 1):
+        c_prev = (c.detach().requires_grad_() if per_step else c) * keep[t]
+        h, c, f, z = cell(t, c_prev)
+        outputs.append(h)
+        if t < T:
+            if per_step:
+                c.retain_grad()
+                cells.append(c)
+            for k, v in (("c_prev", c_prev), ("f", f), ("z", z)):
+                rec[k].append(v.detach())
+    return torch.stack(outputs), cells, {k: torch.stack(v) for k, v in rec.items()}
 
 
 def derivatives(f: torch.Tensor, z: torch.Tensor, c_prev: torch.Tensor, w_f: torch.Tensor, w_z: torch.Tensor

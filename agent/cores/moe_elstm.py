@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from agent.cores.base import Core, State
-from agent.cores.elstm import add_grad, derivatives, segment_decay
+from agent.cores.elstm import add_grad, derivatives, segment_decay, unroll
 from agent.router import Router
 from storage.expert_store import ExpertStore
 from storage.slab import RecordSpec, TensorSpec
@@ -128,14 +128,17 @@ class MoEELSTMCore(Core):
         self.register_buffer("expert_F", torch.empty(E, N, D).uniform_(-bound, bound))
         self.register_buffer("expert_Z", torch.empty(E, N, D).uniform_(-bound, bound))
         self.store: ExpertStore | None = None
+        self.evict_after_use = False
         self.rmsprop = (0.99, 0.01)
         self.updates = 0
         self._pass: _Pass | None = None
         self._pending_since = [-1] * E
         self._has_sensitivity = [False] * E
+        self._delays: list[int] = []
         self._stats: dict[str, float] = {}
-        self.usage = torch.zeros(int(self.router.game_slot.max()) + 1, E, dtype=torch.float64)
-        """Routing counts [schedule games, E] of the learner's rollouts, decayed by 0.99 per update."""
+        # Routing counts [schedule games, E] of the learner's rollouts, decayed by 0.99 per update
+        # (train/expert_metrics.py); a buffer so that checkpoints keep it.
+        self.register_buffer("usage", torch.zeros(int(self.router.game_slot.max()) + 1, E, dtype=torch.float64))
 
     # ------------------------------------------------------------------------------------- store
     def create_store(self, directory, batch_size: int, hbm: int, dram: int, device: torch.device | str,
@@ -220,17 +223,8 @@ class MoEELSTMCore(Core):
         c0 = None if per_step else carry.c.detach().requires_grad_(True)
         c = carry.c if per_step else c0
         keep = (~first).to(inputs.dtype).unsqueeze(-1)
-        outputs, cells, rec = [], [], {"c_prev": [], "f": [], "z": []}
-        for t in range(T + 1):
-            c_prev = (c.detach().requires_grad_() if per_step else c) * keep[t]
-            h, c, f, z = self._cell(inputs[t], c_prev, pre_F[t], pre_Z[t], *vec)
-            outputs.append(h)
-            if t < T:
-                if per_step:
-                    c.retain_grad()
-                    cells.append(c)
-                for k, v in (("c_prev", c_prev), ("f", f), ("z", z)):
-                    rec[k].append(v.detach())
+        outputs, cells, rec = unroll(lambda t, c_prev: self._cell(inputs[t], c_prev, pre_F[t], pre_Z[t], *vec),
+                                     c, keep, per_step)
         G = torch.zeros(T, B, self.num_experts, dtype=inputs.dtype, device=inputs.device)
         G.scatter_add_(-1, idx[:T], gates[:T].detach())
         routed = torch.unique(idx[:T]).tolist()
@@ -240,9 +234,8 @@ class MoEELSTMCore(Core):
         self._count_usage(idx[:T], None if game_id is None else game_id[:T])
         self._pass = _Pass(x=inputs[:T].detach(), keep=keep[:T], G=G, routed=routed,
                            experts=routed if self.lazy else list(range(self.num_experts)), carry=carry, c0=c0,
-                           pre=pre, cells=cells, aux=None if aux is None else self.balance_cost * aux,
-                           **{k: torch.stack(v) for k, v in rec.items()})
-        return torch.stack(outputs), self._pass
+                           pre=pre, cells=cells, aux=None if aux is None else self.balance_cost * aux, **rec)
+        return outputs, self._pass
 
     def learner_aux_loss(self, context: _Pass) -> torch.Tensor | None:
         return context.aux
@@ -250,6 +243,7 @@ class MoEELSTMCore(Core):
     def learner_after_backward(self, p: _Pass) -> MoECarry:
         zh, fh, J = derivatives(p.f, p.z, p.c_prev, self.w_f, self.w_z)
         p.decay, p.total = segment_decay(J * p.keep)
+        self._delays = []
         step = self._step_experts if self.rtrl_form == "step" else self._segment_experts
         with torch.no_grad():
             carry = self._vectors(p, zh, fh, J)
@@ -268,6 +262,8 @@ class MoEELSTMCore(Core):
         self._stats.update({"rtrl/max_abs_J": J.abs().max().item(), "rtrl/frac_J_gt_1": (J.abs() > 1.0).float().mean().item(),
                             "experts/active": float(len(p.routed)),
                             "experts/pending": float(sum(1 for s in self._pending_since if s >= 0))})
+        if self._delays:  # mean wait, in updates, of the pending gradients this pass applied
+            self._stats["experts/pending_delay"] = sum(self._delays) / len(self._delays)
         return carry
 
     def learner_grads(self) -> list[torch.Tensor]:
@@ -278,10 +274,13 @@ class MoEELSTMCore(Core):
         """RMSprop on the latest pass's experts in their hbm records; refresh the replica; release them dirty."""
         p, self._pass = self._pass, None
         with torch.no_grad():
-            for ids, records in self._chunks(list(p.grads)):
+            # Reverse order: the chunk the first pass brought in last is still in hbm.
+            for ids, records in self._chunks(list(reversed(p.grads))):
                 for e, r in zip(ids, records):
                     self._rmsprop_step(e, r, *p.grads[e], lr)
                 self.store.release(ids, dirty=True)
+        if self.evict_after_use:  # --prefetch none: no expert stays in hbm between updates
+            self.store.evict(list(p.grads))
         self.updates += 1
 
     def pending_gradients(self, carry: MoECarry, experts: list[int] | None = None) -> dict[int, list[torch.Tensor]]:
@@ -333,7 +332,7 @@ class MoEELSTMCore(Core):
         rho.fill_(1.0)
         gamma.zero_()
         if self._pending_since[e] >= 0:
-            self._stats["experts/pending_delay"] = float(self.updates - self._pending_since[e])
+            self._delays.append(self.updates - self._pending_since[e])
             self._pending_since[e] = -1
         return gF, gZ
 
@@ -425,8 +424,8 @@ class MoEELSTMCore(Core):
     def _count_usage(self, idx: torch.Tensor, game_id: torch.Tensor | None) -> None:
         slots = torch.zeros_like(idx[..., 0]) if game_id is None else self.router.game_slot[game_id].clamp(min=0)
         counts = torch.zeros_like(self.usage)
-        counts.index_put_((slots.unsqueeze(-1).expand_as(idx).reshape(-1).cpu(), idx.reshape(-1).cpu()),
-                          torch.ones(idx.numel(), dtype=counts.dtype), accumulate=True)
+        counts.index_put_((slots.unsqueeze(-1).expand_as(idx).reshape(-1), idx.reshape(-1)),
+                          torch.ones(idx.numel(), dtype=counts.dtype, device=counts.device), accumulate=True)
         self.usage.mul_(0.99).add_(counts)
 
 
