@@ -15,6 +15,8 @@ frames = agent steps x frame skip 4.
                 ``act`` run on the actor thread, ``learn`` (``Learner.update``) and ``wait`` (the
                 learner waiting for the next rollout) on the main thread, so the two pairs overlap
                 in time: each pair's fractions sum to at most 1, all four to at most 2.
+``memory_<task>``  each memory task of ``envs.memory`` alone, batch 64, random actions, on one
+                thread (torch and numpy): agent steps/s per core (frames = steps x 4, as DMLab's).
 
 Every row first runs ``WARMUP_SECONDS`` (and at least ``WARMUP_ROLLOUTS`` rollouts, so the
 one-update policy-lag pipeline is in its steady state) untimed, then counts whole steps or
@@ -33,6 +35,7 @@ import torch
 
 from agent.model import ActorCritic
 from envs.atari import FRAME_SKIP, NUM_ACTIONS
+from envs.memory import MEMORY_TASKS
 from envs.registry import make_env
 from train.actor import Actor, ParamChannel, Rollout, next_rollout
 from train.config import RunConfig, preset, resolve_device
@@ -42,6 +45,8 @@ WARMUP_SECONDS = 1.5
 """Untimed run before each row's measurement (allocator, thread pools, env resets)."""
 WARMUP_ROLLOUTS = 3
 """Rollouts at least in the warm-up of the actor rows: rollouts 0 and 1 never wait for parameters."""
+MEMORY_BATCH = 64
+"""Streams of the ``memory_<task>`` rows (the batch the tasks' speed goal is set at)."""
 
 
 def run(seconds: float) -> dict:
@@ -57,7 +62,10 @@ def run(seconds: float) -> dict:
         "device": str(device), "warmup_seconds": WARMUP_SECONDS, "seconds": seconds,
     }
     rows = [_env_random(cfg, seconds), _actor_only(cfg, device, seconds), _train(cfg, device, seconds)]
-    notes = ["train: env+act run on the actor thread, learn+wait on the learner thread, so they overlap"]
+    rows += [_memory_env(game, seconds) for game in MEMORY_TASKS]
+    notes = ["train: env+act run on the actor thread, learn+wait on the learner thread, so they overlap",
+             f"memory_<task>: the task alone, batch {MEMORY_BATCH}, random actions, 1 thread; "
+             "agent_steps_per_cpu_s = per core, also on a shared machine"]
     return {"config": config, "rows": rows, "notes": notes}
 
 
@@ -70,23 +78,50 @@ def _make_env(cfg: RunConfig, seed_offset: int):
 
 def _env_random(cfg: RunConfig, seconds: float) -> dict:
     env = _make_env(cfg, 0)
-    rng = np.random.default_rng(cfg.seed)
-    B = env.num_envs
+    steps, elapsed, _ = _step_randomly(env, np.random.default_rng(cfg.seed), seconds)
+    return _row("env_random", steps * env.num_envs, elapsed)
+
+
+def _memory_env(game: str, seconds: float) -> dict:
+    """Memory task ``game`` alone at batch MEMORY_BATCH, random actions, torch and numpy on one thread.
+
+    The numpy tasks run on the calling thread (MiniGrid in envpool's worker threads). Besides the wall
+    rate, ``agent_steps_per_cpu_s`` divides by the process's CPU seconds (all its threads), which is
+    the rate per core even on a machine shared with other work.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    env = make_env(game, MEMORY_BATCH, seed=0)
+    try:
+        steps, elapsed, cpu = _step_randomly(env, np.random.default_rng(0), seconds)
+    finally:
+        torch.set_num_threads(threads)
+    row = _row(f"memory_{game}", steps * MEMORY_BATCH, elapsed)
+    row.update(num_envs=MEMORY_BATCH, threads=1, cpu_seconds=cpu, agent_steps_per_cpu_s=steps * MEMORY_BATCH / cpu)
+    return row
+
+
+def _step_randomly(env, rng: np.random.Generator, seconds: float) -> tuple[int, float, float]:
+    """Warm up, then step ``env`` with uniformly random actions for ``seconds``.
+
+    -> (batched steps, wall seconds, process CPU seconds) of the measured phase. Closes ``env``.
+    """
     try:
         env.reset()
         for phase_seconds in (WARMUP_SECONDS, seconds):
             steps = 0
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             while (elapsed := time.perf_counter() - start) < phase_seconds:
-                env.step(rng.integers(0, env.num_actions, size=B))
+                env.step(rng.integers(0, env.num_actions, size=env.num_envs))
                 steps += 1
+            cpu = time.process_time() - cpu_start
     finally:
         env.close()
-    return _row("env_random", steps * B, elapsed)
+    return steps, elapsed, cpu
 
 
 def _actor_only(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
-    model = ActorCritic(cfg.model, NUM_ACTIONS).to(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(device)
     env = _make_env(cfg, 1)
     rollouts: queue.Queue = queue.Queue(maxsize=1)
     params = ParamChannel()
@@ -109,7 +144,7 @@ def _actor_only(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
 
 
 def _train(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
-    model = ActorCritic(cfg.model, NUM_ACTIONS).to(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(device)
     learner = Learner(model, cfg, device)
     env = _make_env(cfg, 2)
     rollouts: queue.Queue = queue.Queue(maxsize=1)
@@ -173,12 +208,14 @@ def _row(name: str, agent_steps: int, elapsed: float, rollouts: int | None = Non
 def format_table(result: dict) -> str:
     """A readable table: rates per row, then each row's time split (``<part>_frac`` / ``<part>_s``)."""
     lines = ["config: " + ", ".join(f"{k}={v}" for k, v in result.get("config", {}).items())]
-    lines.append(f"{'row':<12} {'agent steps/s':>14} {'frames/s':>10} {'seconds':>8}   "
+    lines.append(f"{'row':<22} {'agent steps/s':>14} {'frames/s':>10} {'seconds':>8}   "
                  "time split: fraction of wall time (seconds per rollout)")
     for row in result["rows"]:
         parts = [k[:-len("_frac")] for k in row if k.endswith("_frac")]
         split = "  ".join(f"{p} {row[p + '_frac']:.2f} ({row[p + '_s']:.3f} s)" for p in parts)
-        lines.append(f"{row['name']:<12} {row['agent_steps_per_s']:>14,.0f} {row['frames_per_s']:>10,.0f} "
+        if "agent_steps_per_cpu_s" in row:
+            split = f"{row['agent_steps_per_cpu_s']:,.0f} agent steps per CPU second (per core)"
+        lines.append(f"{row['name']:<22} {row['agent_steps_per_s']:>14,.0f} {row['frames_per_s']:>10,.0f} "
                      f"{row['seconds']:>8.1f}   {split}")
     for note in result.get("notes", []):
         lines.append(f"note: {note}")

@@ -1,19 +1,22 @@
 """Game names -> environments: the one place that knows which games exist and their ids.
 
 A game's id is its index in :data:`GAMES`, the same in every run, so a checkpoint's game ids (and
-later the detector's labels) mean the same thing everywhere.
+later the detector's labels) mean the same thing everywhere. The 57 Atari games come first (ids
+0-56), the memory tasks of :mod:`envs.memory` after them, so adding tasks never renumbers a game.
 """
 
 from __future__ import annotations
 
 import difflib
 
-from envs.atari import AtariVecEnv
+from envs.atari import NUM_ACTIONS, AtariVecEnv
 from envs.atari_data import ATARI_GAMES, HUMAN_SCORES, RANDOM_SCORES
+from envs.memory import MEMORY_TASKS, make_memory_env
+from envs.memory.base import MemoryVecEnv
 from train.errors import UserError
 
-GAMES: tuple[str, ...] = ATARI_GAMES
-"""Every trainable game, in id order."""
+GAMES: tuple[str, ...] = ATARI_GAMES + tuple(MEMORY_TASKS)
+"""Every trainable game, in id order: the 57 Atari games, then the memory tasks."""
 
 
 def game_id(game: str) -> int:
@@ -41,11 +44,15 @@ def resolve_games(names: list[str]) -> list[str]:
 def score_bounds(game: str) -> tuple[float, float]:
     """``(low, high)`` scores that a game's normalised score maps to 0 and 1.
 
-    Atari: the published random and human scores (DQN Zoo). Every normalised score in the project
-    (``eval/hns/<game>``, the forgetting matrix) is ``(score - low) / (high - low)``.
+    Atari: the published random and human scores (DQN Zoo). Memory tasks: our uniform-random agent's
+    and scripted oracle's scores (``envs/memory/__init__.py``), since DMLab's human scores were
+    measured on the original levels. Every normalised score in the project (``eval/hns/<game>``,
+    the forgetting matrix) is ``(score - low) / (high - low)``.
     """
     if game in RANDOM_SCORES:
         return RANDOM_SCORES[game], HUMAN_SCORES[game]
+    if game in MEMORY_TASKS:
+        return MEMORY_TASKS[game].random_score, MEMORY_TASKS[game].oracle_score
     raise ValueError(f"no score bounds for {game!r}")
 
 
@@ -55,9 +62,20 @@ def normalized_score(game: str, score: float) -> float:
     return (score - low) / (high - low)
 
 
+def num_actions(game: str) -> int:
+    """Actions ``game`` takes: the first ``num_actions(game)`` of the shared policy head (18 for Atari)."""
+    return MEMORY_TASKS[game].num_actions if game in MEMORY_TASKS else NUM_ACTIONS
+
+
 def make_env(game: str, num_envs: int, seed: int, backend: str = "envpool", sticky_action_prob: float = 0.25,
-             max_episode_steps: int = 27000, num_threads: int = 0) -> AtariVecEnv:
-    """A vectorized env of ``num_envs`` streams of ``game`` (canonical name)."""
+             max_episode_steps: int = 27000, num_threads: int = 0) -> AtariVecEnv | MemoryVecEnv:
+    """A vectorized env of ``num_envs`` streams of ``game`` (canonical name).
+
+    Memory tasks ignore ``backend`` and ``sticky_action_prob`` (DMLab has no sticky actions) and
+    run episodes of their own length, cut to ``max_episode_steps`` when that is shorter.
+    """
+    if game in MEMORY_TASKS:
+        return make_memory_env(game, game_id(game), num_envs, seed, max_episode_steps, num_threads)
     return AtariVecEnv(game, game_id(game), num_envs, seed, backend, sticky_action_prob, max_episode_steps, num_threads)
 
 
