@@ -12,9 +12,10 @@ Per group, with :math:`h^{(n)}_g` the final-stage HNS of seed ``n`` on game ``g`
   ``iqm_high`` its 95% stratified bootstrap interval (strata = games, resampled runs = seeds;
   :func:`eval.metrics.stratified_bootstrap_ci`, fixed resampling seed). With one seed every
   stratum has one value, so the interval collapses to the point; the ``note`` row says so;
-- ``mean_forgetting`` and ``bwt``: the mean over seeds of each run's
-  ``metrics.mean_forgetting`` / ``metrics.bwt`` (runs where it is ``null`` are left out; the
-  cell is empty when none has it).
+- ``mean_forgetting``, ``bwt``, ``mean_zero_shot_transfer`` and ``mean_forward_transfer``: the
+  mean over seeds of each run's ``metrics.<name>`` (runs where it is ``null`` are left out; the
+  cell is empty when none has it; forward transfer needs the runs evaluated with
+  ``--reference-run``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from train.errors import UserError
 from train.run_dir import RunDir
 
 CSV_NAME = "compare.csv"
+_RUN_METRICS = ("mean_forgetting", "bwt", "mean_zero_shot_transfer", "mean_forward_transfer")
+"""Per-run scalars of ``forgetting.json``'s metrics, averaged over each group's seeds."""
 _IGNORED = ("seed", "device")
 """Config fields that may differ inside one group (its runs are then seeds of one method, on any device)."""
 
@@ -79,7 +82,7 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
     ]
     rows += [(f"final_hns/{game}", [c["final_hns"][j] for c in columns]) for j, game in enumerate(games)]
     rows += [(name, [c[name] for c in columns])
-             for name in ("iqm", "iqm_low", "iqm_high", "mean_forgetting", "bwt", "note")]
+             for name in ("iqm", "iqm_low", "iqm_high", *_RUN_METRICS, "note")]
 
     csv_path = Path(csv_path) if csv_path is not None else RunDir(run_dirs[0]).eval / CSV_NAME
     atomic_write_text(csv_path, _csv_text(labels, rows))
@@ -94,8 +97,9 @@ def _load(root: Path) -> _Run:
     rd = RunDir(root)
     config = _flatten(rd.read_config().to_dict())
     doc = read_forgetting(rd.eval)
-    if not doc["hns"]:
-        raise UserError(f"{rd.eval / 'forgetting.json'} has no stage rows; re-run `python run.py eval`")
+    if len(doc["hns"]) < 2:  # the before-training row alone: no stage has ended
+        raise UserError(f"{rd.eval / 'forgetting.json'} has no stage rows; finish a stage, then "
+                        "re-run `python run.py eval`")
     return _Run(root, config, doc)
 
 
@@ -154,7 +158,7 @@ def _group_stats(group: list[_Run], num_games: int, reps: int) -> dict[str, Any]
         stats.update(iqm=point, iqm_low=low, iqm_high=high)
     else:
         stats.update(iqm=None, iqm_low=None, iqm_high=None)
-    for name in ("mean_forgetting", "bwt"):
+    for name in _RUN_METRICS:
         values = [r.doc["metrics"].get(name) for r in group]
         stats[name] = mean_or_none(np.array([v for v in values if v is not None], dtype=np.float64))
     if stats["iqm"] is None:
@@ -187,6 +191,8 @@ def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: lis
         for p, lo, hi in zip(cells["iqm"], cells["iqm_low"], cells["iqm_high"])]))
     lines.append(("mean forgetting", [_fmt(x) for x in cells["mean_forgetting"]]))
     lines.append(("BWT", [_fmt(x) for x in cells["bwt"]]))
+    lines.append(("zero-shot transfer", [_fmt(x) for x in cells["mean_zero_shot_transfer"]]))
+    lines.append(("forward transfer", [_fmt(x) for x in cells["mean_forward_transfer"]]))
     if any(cells["note"]):
         lines.append(("note", [n or "-" for n in cells["note"]]))
     width0 = max(len(name) for name, _ in lines)

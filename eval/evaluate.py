@@ -15,6 +15,7 @@ import torch
 
 from agent.model import ActorCritic, Inputs
 from envs.registry import game_id, make_env, normalized_score
+from eval.curves import normalized_matrix
 from eval.forgetting import write_forgetting
 from train.config import EnvConfig, EvalConfig
 
@@ -39,6 +40,7 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
                 prev_action=prev_action.unsqueeze(0),
                 reward=torch.from_numpy(step.reward).to(device).clamp(-env_cfg.reward_clip, env_cfg.reward_clip).unsqueeze(0),
                 first=torch.from_numpy(step.first).to(device).unsqueeze(0),
+                game_id=torch.from_numpy(step.game_id).to(device).unsqueeze(0),
             )
             logits, _, state = model(inp, state)
             if eval_cfg.greedy:
@@ -58,7 +60,11 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
 
 def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eval_cfg: EvalConfig,
                    device: torch.device) -> dict[str, tuple[float, float]]:
-    """{game: (mean raw return, human-normalised score of that mean)} for each of ``games``."""
+    """{game: (mean raw return over the episodes, its normalised score)} for each of ``games``.
+
+    The score is ``envs.registry.normalized_score(game, mean)`` (Atari: human-normalised); a failed
+    episode (NaN return) makes the game's mean NaN, which every metric skips.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -71,11 +77,14 @@ def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eva
         model.train(was_training)
 
 
-def record_returns(eval_dir: Path, games: list[str], stage_games: list[str], returns: np.ndarray) -> dict:
-    """Write the forgetting files for mean ``returns`` [S, G] (stage x game, NaN = not evaluated).
+def record_returns(eval_dir: Path, games: list[str], stage_games: list[str], returns: np.ndarray,
+                   forward_transfer: dict[str, float | None] | None = None,
+                   reference_runs: list[str] | None = None) -> dict:
+    """Write the forgetting files for mean ``returns`` ``[S + 1, G]`` (row 0 before training, NaN = not evaluated).
 
-    ``games`` are the columns, ``stage_games[s]`` the game trained in stage s. Returns the JSON document.
+    ``games`` are the columns, ``stage_games[i - 1]`` the game trained in stage ``i``; the scores are
+    normalised with ``envs.registry.normalized_score``. Returns the JSON document
+    (:func:`eval.forgetting.write_forgetting`).
     """
-    hns = np.array([[normalized_score(g, r) for g, r in zip(games, row)] for row in returns])
-    stages = [f"{i}:{g}" for i, g in enumerate(stage_games)]
-    return write_forgetting(eval_dir, games, stages, returns, hns, stage_games)
+    return write_forgetting(eval_dir, games, stage_games, returns, normalized_matrix(games, returns),
+                            forward_transfer, reference_runs)

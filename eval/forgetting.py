@@ -1,10 +1,13 @@
-"""The stage x game matrix of a continual run, its forgetting metrics, and its three files.
+"""The stage x game matrix of a continual run, its metrics, and its three files.
 
-After each training stage every game is evaluated; row ``s`` of the matrix holds the scores after
-stage ``s`` (rows in training order), column ``g`` one game. Metrics are computed on the
-human-normalised scores (HNS). The run directory gets ``eval/forgetting.json`` (the schema in
-DESIGN.md "Contracts"), ``forgetting.csv`` and ``forgetting.png`` (a heat map), each written
-atomically.
+The matrix ``R`` ``[S + 1, G]`` has a before-training row: row 0 (label ``before``) is the
+evaluation of the initial parameters, row ``i`` (label ``"<i>:<game>"``, ``1 <= i <= S``) the
+evaluation after training stage ``i``, which trains ``stage_games[i - 1]``; column ``g`` is one
+game. Every game of the schedule is evaluated in every row (seen and not yet seen). Metrics are
+computed on the normalised scores (``envs.registry.normalized_score``: human-normalised for Atari).
+The run directory gets ``eval/forgetting.json`` (the schema in DESIGN.md "Contracts", plus the keys
+listed in :func:`write_forgetting`), ``forgetting.csv`` and ``forgetting.png`` (a heat map), each
+written atomically.
 """
 
 from __future__ import annotations
@@ -21,111 +24,143 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from eval.metrics import average_performance, zero_shot_forward_transfer
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from train.errors import UserError
 
 JSON_NAME = "forgetting.json"
 CSV_NAME = "forgetting.csv"
 PNG_NAME = "forgetting.png"
+BEFORE_LABEL = "before"
 
 _SCHEMA_KEYS = ("games", "stages", "returns", "hns", "metrics")
 
 
-def compute_metrics(hns: np.ndarray, stage_games: list[str], games: list[str]) -> dict[str, Any]:
-    r"""Continual-learning metrics of an HNS matrix.
+def stage_labels(stage_games: list[str]) -> list[str]:
+    """Row labels of the matrix: ``["before", "1:<game of stage 1>", ..., "S:<game of stage S>"]``."""
+    return [BEFORE_LABEL] + [f"{i}:{g}" for i, g in enumerate(stage_games, start=1)]
+
+
+def compute_metrics(hns: np.ndarray, stage_games: list[str], games: list[str],
+                    forward_transfer: dict[str, float | None] | None = None) -> dict[str, Any]:
+    r"""Continual-learning metrics of a normalised-score matrix with a before-training row.
 
     Args:
-        hns: ``[S, G]`` human-normalised scores; row ``s`` is the evaluation after training stage
-            ``s`` (stages in order, ``S >= 1``), column ``g`` is ``games[g]``; NaN where a game
-            was not evaluated at that stage.
-        stage_games: ``[S]`` the game trained in each stage (one not in ``games`` adds no BWT term).
+        hns: ``[S + 1, G]`` normalised scores ``R``; row 0 before training, row ``i`` after stage
+            ``i`` (``S >= 0``); column ``g`` is ``games[g]``; NaN where a game was not evaluated
+            or its evaluation failed.
+        stage_games: ``[S]`` the game trained in stage ``i`` is ``stage_games[i - 1]`` (a game not
+            in ``games`` adds no term).
         games: ``[G]`` the column names.
+        forward_transfer: ``{game: FT}`` AUC forward transfer against single-task reference runs
+            (:func:`eval.curves.reference_forward_transfer`), or ``None`` when no reference was given.
 
     Returns:
-        ``{"avg_final_hns", "mean_forgetting", "forgetting": {game: x}, "bwt"}``, each a float or
-        ``None`` where undefined (so that JSON gets ``null``). With ``L = S - 1`` the last stage
-        and only finite entries taking part:
+        A dict of floats (``None`` where undefined, so that JSON gets ``null``). With ``L = S`` the
+        last row, :math:`i_g` the first stage that trains ``g``, and only finite entries taking part:
 
-        - ``avg_final_hns`` :math:`= \operatorname{mean}_g\, h_{L,g}`;
-        - ``forgetting[g]`` :math:`= \max_{s<L} h_{s,g} - h_{L,g}`, ``None`` when ``S = 1``,
-          when no earlier score is finite or when :math:`h_{L,g}` is not;
+        - ``avg_final_hns`` :math:`= \operatorname{mean}_g R_{L,g}` (every game of the row);
+        - ``forgetting[g]`` :math:`= \max_{i_g \le s \le L-1} R_{s,g} - R_{L,g}`: the best score
+          from the end of the game's first training stage up to the stage before the last, minus
+          the final score. Defined only for games trained before the last stage
+          (:math:`i_g \le L - 1`); ``None`` for a game first trained in the last stage, never
+          trained, or whose terms are NaN. A game trained again in the last stage keeps its value
+          (usually negative: relearning);
         - ``mean_forgetting`` = the mean of the defined ``forgetting[g]``;
-        - ``bwt`` (backward transfer, Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for
-          Continual Learning") :math:`= \frac{1}{|D|}\sum_{s\in D} (h_{L,g_s} - h_{s,g_s})`
-          with :math:`g_s` = ``stage_games[s]`` and :math:`D` the stages :math:`s<L` whose two
-          terms are finite. Negative means later stages erased what earlier ones learnt.
+        - ``bwt`` (backward transfer, Lopez-Paz & Ranzato 2017, GEM)
+          :math:`= \frac{1}{|D|}\sum_{s\in D} (R_{L,g_s} - R_{s,g_s})` with :math:`g_s` =
+          ``stage_games[s - 1]`` and :math:`D` the stages :math:`1 \le s \le L-1` whose two terms
+          are finite. Negative means later stages erased what earlier ones learnt;
+        - ``avg_performance`` ``[S + 1]``: :math:`A_s = \operatorname{mean}_g R_{s,g}` over all
+          games evaluated in row ``s`` (seen and unseen; Continual World's average performance);
+        - ``zero_shot_transfer[g]`` :math:`= R_{i_g - 1, g} - R_{0, g}` for :math:`i_g \ge 2`
+          (:func:`eval.metrics.zero_shot_forward_transfer`) and ``mean_zero_shot_transfer``;
+        - ``forward_transfer`` (the argument, or ``None``) and ``mean_forward_transfer``.
 
     Raises:
         ValueError: on a shape that does not match the names.
     """
     hns = np.asarray(hns, dtype=np.float64)
-    if hns.ndim != 2 or hns.shape != (len(stage_games), len(games)) or hns.shape[0] == 0:
+    if hns.ndim != 2 or hns.shape != (len(stage_games) + 1, len(games)):
         raise ValueError(
-            f"hns must be [S, G] = [{len(stage_games)}, {len(games)}] with S >= 1, "
+            f"hns must be [S + 1, G] = [{len(stage_games) + 1}, {len(games)}] (row 0 before training), "
             f"got shape {hns.shape}"
         )
-    last = hns[-1]
-    avg_final_hns = mean_or_none(last)
+    last = len(stage_games)
+    final = hns[last]
+    column = {game: j for j, game in enumerate(games)}
+    first_stage: dict[str, int] = {}
+    for i, game in enumerate(stage_games, start=1):
+        first_stage.setdefault(game, i)
 
-    earlier = hns[:-1]
     forgetting: dict[str, float | None] = {}
     for j, game in enumerate(games):
-        seen = earlier[np.isfinite(earlier[:, j]), j]
-        defined = seen.size > 0 and math.isfinite(last[j])
-        forgetting[game] = float(seen.max() - last[j]) if defined else None
-    mean_forgetting = mean_or_none(np.array([f for f in forgetting.values() if f is not None]))
+        i = first_stage.get(game)
+        best = hns[i:last, j] if i is not None else hns[:0, j]
+        best = best[np.isfinite(best)]
+        defined = best.size > 0 and math.isfinite(final[j])
+        forgetting[game] = float(best.max() - final[j]) if defined else None
 
-    column = {game: j for j, game in enumerate(games)}
     # A stage whose game is not a column (evaluation of chosen games only) has no BWT term.
-    transfers = [last[column[g]] - hns[s, column[g]] for s, g in enumerate(stage_games[:-1]) if g in column]
-    bwt = mean_or_none(np.array(transfers, dtype=np.float64))
-
+    transfers = [final[column[g]] - hns[s, column[g]]
+                 for s, g in enumerate(stage_games[:-1], start=1) if g in column]
+    zero_shot = (zero_shot_forward_transfer(hns, stage_games, games) if stage_games
+                 else {game: None for game in games})
     return {
-        "avg_final_hns": avg_final_hns,
-        "mean_forgetting": mean_forgetting,
+        "avg_final_hns": mean_or_none(final),
+        "mean_forgetting": _mean_of_defined(forgetting),
         "forgetting": forgetting,
-        "bwt": bwt,
+        "bwt": mean_or_none(np.array(transfers, dtype=np.float64)),
+        "avg_performance": average_performance(hns),
+        "zero_shot_transfer": zero_shot,
+        "mean_zero_shot_transfer": _mean_of_defined(zero_shot),
+        "forward_transfer": forward_transfer,
+        "mean_forward_transfer": _mean_of_defined(forward_transfer) if forward_transfer is not None else None,
     }
 
 
 def write_forgetting(
     eval_dir: Path,
     games: list[str],
-    stages: list[str],
+    stage_games: list[str],
     returns: np.ndarray,
     hns: np.ndarray,
-    stage_games: list[str],
+    forward_transfer: dict[str, float | None] | None = None,
+    reference_runs: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``forgetting.json``, ``forgetting.csv`` and ``forgetting.png`` into ``eval_dir``.
 
     Args:
         eval_dir: the run's ``eval/`` directory (created if missing).
         games: ``[G]`` column names.
-        stages: ``[S]`` row names, in training order.
-        returns: ``[S, G]`` raw game-over returns, NaN where not evaluated.
-        hns: ``[S, G]`` human-normalised scores, NaN where not evaluated.
-        stage_games: ``[S]`` the game trained in each stage.
+        stage_games: ``[S]`` the game trained in each completed stage, in order.
+        returns: ``[S + 1, G]`` mean raw game-over returns (row 0 before training), NaN where not
+            evaluated.
+        hns: ``[S + 1, G]`` their normalised scores.
+        forward_transfer: see :func:`compute_metrics`.
+        reference_runs: the single-task reference run dirs ``forward_transfer`` was computed with.
 
     Returns:
         The dict written to JSON: the DESIGN.md schema ``{"games", "stages", "returns", "hns",
-        "metrics"}`` plus ``"stage_games"``, with every NaN as ``None``.
+        "metrics"}`` (``stages`` = :func:`stage_labels`, ``metrics`` = :func:`compute_metrics`)
+        plus ``"stage_games"`` and ``"reference_runs"`` (a list, empty without references), with
+        every NaN as ``None``.
     """
     returns = np.asarray(returns, dtype=np.float64)
     hns = np.asarray(hns, dtype=np.float64)
+    stages = stage_labels(stage_games)
     shape = (len(stages), len(games))
-    if returns.shape != shape or hns.shape != shape or len(stage_games) != len(stages):
-        raise ValueError(
-            f"expected returns and hns of shape {shape} and {len(stages)} stage games, got "
-            f"{returns.shape}, {hns.shape} and {len(stage_games)}"
-        )
+    if returns.shape != shape or hns.shape != shape:
+        raise ValueError(f"expected returns and hns of shape {shape}, got {returns.shape} and {hns.shape}")
     eval_dir = Path(eval_dir)
     doc = {
         "games": list(games),
-        "stages": list(stages),
+        "stages": stages,
         "stage_games": list(stage_games),
         "returns": _to_json_matrix(returns),
         "hns": _to_json_matrix(hns),
-        "metrics": compute_metrics(hns, stage_games, games),
+        "metrics": compute_metrics(hns, stage_games, games, forward_transfer),
+        "reference_runs": list(reference_runs or []),
     }
     atomic_write_text(eval_dir / JSON_NAME, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     atomic_write_text(eval_dir / CSV_NAME, _csv_text(games, stages, returns, hns))
@@ -160,6 +195,11 @@ def mean_or_none(values: np.ndarray) -> float | None:
     return float(finite.mean()) if finite.size else None
 
 
+def _mean_of_defined(values: dict[str, float | None]) -> float | None:
+    """Mean of the values that are not ``None`` (and finite), or ``None`` if there are none."""
+    return mean_or_none(np.array([v for v in values.values() if v is not None], dtype=np.float64))
+
+
 def _to_json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
     """``[S, G]`` array as nested lists with non-finite entries as ``None``."""
     return [[float(x) if math.isfinite(x) else None for x in row] for row in matrix]
@@ -185,7 +225,10 @@ def _csv_cell(x: float) -> str:
 
 
 def _heatmap_png(games: list[str], stages: list[str], hns: np.ndarray) -> bytes:
-    """PNG heat map of ``hns`` ``[S, G]``: games on x, stages on y, values annotated, NaN grey."""
+    """PNG heat map of ``hns`` ``[S + 1, G]``: games on x, rows on y, values annotated, NaN grey.
+
+    The figure is ``max(4, 1 + 0.9 G)`` x ``max(2.5, 1.2 + 0.5 (S + 1))`` inches at 100 dpi.
+    """
     fig = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(games)), max(2.5, 1.2 + 0.5 * len(stages))))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -204,7 +247,7 @@ def _heatmap_png(games: list[str], stages: list[str], hns: np.ndarray) -> bytes:
     ax.set_yticks(range(len(stages)), labels=stages)
     ax.set_xlabel("game evaluated")
     ax.set_ylabel("after stage")
-    ax.set_title("human-normalised score")
+    ax.set_title("normalised score (Atari: human-normalised)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -9,8 +9,8 @@ Conventions shared by every function here:
   NaN, so that callers can tell "undefined" from a number.
 - The stage x game matrix with a before-training row is ``R`` ``[S + 1, G]``: row 0 is the
   evaluation before any training, row ``i`` (``1 <= i <= S``) the evaluation after stage ``i``,
-  and stage ``i`` trains ``stage_games[i - 1]``. (``eval.forgetting.compute_metrics`` takes the
-  matrix *without* row 0.)
+  and stage ``i`` trains ``stage_games[i - 1]`` (the layout of ``eval/forgetting.json``, see
+  ``eval/forgetting.py``).
 
 References: Lopez-Paz & Ranzato 2017 (GEM) for zero-shot forward transfer; Wolczyk et al. 2021
 (Continual World) for AUC forward transfer; Agarwal et al. 2021 ("Deep RL at the Edge of the

@@ -1,4 +1,13 @@
-"""`run.py eval`: re-evaluate a run's stage checkpoints and rewrite its forgetting files."""
+"""`run.py eval --run-dir DIR`: recompute a run's forgetting matrix from its stage checkpoints and
+rewrite its evaluation files.
+
+Row ``i`` of the matrix is evaluated afresh from ``checkpoints/stage_<i>.pt``: ``stage_000`` holds
+the initial parameters (the ``before`` row), ``stage_<i>`` the parameters at the end of stage ``i``.
+The evaluation curves cannot be recomputed (the periodic checkpoints they came from are rotated
+away), so ``eval/curves.csv`` is kept as the run recorded it and ``curves.png`` is redrawn from it.
+With ``--reference-run`` the AUC forward transfer of each game against its single-task reference
+run (:func:`eval.curves.reference_forward_transfer`) is added to ``forgetting.json``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ import numpy as np
 
 from agent.model import ActorCritic
 from envs.atari import NUM_ACTIONS
+from eval.curves import CSV_NAME, eval_columns, load_reference, read_curves, reference_forward_transfer, write_curves
 from eval.evaluate import evaluate_games, record_returns
 from storage.checkpoint import CheckpointManager
 from train.config import resolve_device
@@ -16,42 +26,82 @@ from train.run_dir import RunDir
 
 
 def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | None = None,
-                 greedy: bool = False, device: str = "auto") -> dict:
-    """Evaluate every stage checkpoint of ``run_dir``; returns the forgetting document written.
+                 greedy: bool = False, device: str = "auto", reference_runs: list[Path] | None = None) -> dict:
+    """Evaluate every stage checkpoint of ``run_dir`` and rewrite ``eval/``; returns the forgetting document.
 
-    ``games`` None: after stage s, the schedule's games trained up to s (as during training);
-    otherwise exactly ``games`` after every stage.
+    Args:
+        run_dir: a run directory with ``checkpoints/stage_000.pt`` ... ``stage_<S>.pt``.
+        games: the columns, evaluated in every row; ``None`` = every game of the schedule.
+        episodes: episodes per game and row (``None`` = the run's ``eval.episodes``).
+        greedy: act greedily (otherwise the run's ``eval.greedy``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        reference_runs: single-task runs, at most one per game of the schedule.
+
+    Raises:
+        UserError: no stage checkpoints, a gap in them, a checkpoint from an older layout, or a
+            reference run that is not a finished single-task run of one of the schedule's games.
     """
     rd = RunDir(Path(run_dir))
     cfg = rd.read_config()
     if episodes is not None:
         cfg.eval.episodes = episodes
-    cfg.eval.greedy = greedy
-    stage_paths = CheckpointManager(rd.root).stage_checkpoints()
-    if not stage_paths:
-        raise UserError(f"{rd.checkpoints} holds no stage checkpoints; train the run (at least one stage) first")
-    columns = games or list(dict.fromkeys(cfg.env.games))
-    torch_device = resolve_device(device)
-    model = ActorCritic(cfg.model, NUM_ACTIONS).to(torch_device)
+    cfg.eval.greedy = cfg.eval.greedy or greedy
     manager = CheckpointManager(rd.root)
+    stage_paths = manager.stage_checkpoints()
+    if not stage_paths:
+        raise UserError(f"{rd.checkpoints} holds no stage checkpoints; train the run (it saves stage_000 "
+                        "at its start) first")
+    names = [p.name for p in stage_paths]
+    if names != [f"stage_{i:03d}.pt" for i in range(len(names))] or len(names) > len(cfg.env.games) + 1:
+        raise UserError(f"{rd.checkpoints} holds {', '.join(names)}; expected stage_000.pt (the initial "
+                        f"parameters) to at most stage_{len(cfg.env.games):03d}.pt without gaps")
+    schedule_columns = eval_columns(cfg.env.games)
+    columns = games or schedule_columns
+    # Checked before the (long) evaluation, so that a bad reference fails at once.
+    references = _load_references(reference_runs or [], schedule_columns)
+    history = read_curves(rd.eval, schedule_columns) if (rd.eval / CSV_NAME).exists() or references else None
+
+    torch_device = resolve_device(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(torch_device)
     returns = np.full((len(stage_paths), len(columns)), np.nan)
-    stage_games = []
     for row, path in enumerate(stage_paths):
         state = manager.load(path, map_location=torch_device)
-        stage = state["progress"]["stage"]
+        if row == 0 and state["progress"]["total_frames"] != 0:
+            raise UserError(f"{path} is not the initial parameters (it was saved at frame "
+                            f"{state['progress']['total_frames']:,} by an older version); train a new run")
         model.load_state_dict(state["model"])
-        stage_games.append(cfg.env.games[stage])
-        todo = games or list(dict.fromkeys(cfg.env.games[:stage + 1]))
-        results = evaluate_games(model, todo, cfg.env, cfg.eval, torch_device)
-        for game, (ret, hns) in results.items():
-            returns[row, columns.index(game)] = ret
-        print(f"stage {stage} ({cfg.env.games[stage]}): " +
-              "  ".join(f"{g}: {r:.1f} (hns {h:.3f})" for g, (r, h) in results.items()), flush=True)
-    doc = record_returns(rd.eval, columns, stage_games, returns)
+        results = evaluate_games(model, columns, cfg.env, cfg.eval, torch_device)
+        returns[row] = [results[g][0] for g in columns]
+        label = "before training" if row == 0 else f"after stage {row} ({cfg.env.games[row - 1]})"
+        print(f"{label}: " + "  ".join(f"{g}: {r:.1f} (hns {h:.3f})" for g, (r, h) in results.items()), flush=True)
+
+    forward_transfer = None
+    if references:
+        full = reference_forward_transfer(history, schedule_columns, cfg.env.games, references)
+        forward_transfer = {g: full.get(g) for g in columns}
+    doc = record_returns(rd.eval, columns, cfg.env.games[:len(stage_paths) - 1], returns, forward_transfer,
+                         [str(r) for r in reference_runs or []])
+    if history is not None:
+        write_curves(rd.eval, schedule_columns, cfg.env.games, history)
     m = doc["metrics"]
     print(f"wrote {rd.eval / 'forgetting.json'}: avg final hns {_fmt(m['avg_final_hns'])}, "
-          f"mean forgetting {_fmt(m['mean_forgetting'])}, bwt {_fmt(m['bwt'])}", flush=True)
+          f"mean forgetting {_fmt(m['mean_forgetting'])}, bwt {_fmt(m['bwt'])}, "
+          f"zero-shot transfer {_fmt(m['mean_zero_shot_transfer'])}, "
+          f"forward transfer {_fmt(m['mean_forward_transfer'])}", flush=True)
     return doc
+
+
+def _load_references(reference_runs: list[Path], games: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{game: (fractions, normalised scores)}`` of the reference runs; UserError on a bad one."""
+    references: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for ref in reference_runs:
+        game, x, y = load_reference(ref)
+        if game not in games:
+            raise UserError(f"--reference-run {ref} trains {game}, which this run does not ({', '.join(games)})")
+        if game in references:
+            raise UserError(f"two --reference-run dirs train {game}; give one per game")
+        references[game] = (x, y)
+    return references
 
 
 def _fmt(x: float | None) -> str:

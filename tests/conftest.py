@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -18,6 +22,27 @@ def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def train_and_kill(args: list[str], run_dir: Path, ready: Callable[[int], bool], timeout: float = 120) -> None:
+    """Start ``run.py train ARGS`` and SIGKILL it once its latest checkpoint is a periodic one
+    (``frames_<N>``) with ``ready(N)`` true; fails if training ends first."""
+    from storage.checkpoint import CheckpointManager
+
+    proc = subprocess.Popen([sys.executable, "run.py", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpts = CheckpointManager(run_dir)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            latest = ckpts.latest_path() if (run_dir / "checkpoints").exists() else None
+            if latest is not None and latest.name.startswith("frames_") and ready(int(latest.stem.removeprefix("frames_"))):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

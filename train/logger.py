@@ -21,9 +21,21 @@ Tags (the names are a contract, see DESIGN.md):
   stats/queue_wait_time          seconds per update the learner waited for a rollout
   rtrl/max_abs_J, rtrl/frac_J_gt_1   RTRL cores: largest |dc_t/dc_t-1| in the rollout, share above 1
   rtrl/max_abs_S                 RTRL cores: largest carried sensitivity |dc/dF|, |dc/dZ|
-  eval/return/<game>, eval/hns/<game>   mean evaluation return / human-normalised score
-  eval/avg_hns, eval/forgetting  mean hns over evaluated games / mean forgetting so far
-  eval/forgetting_matrix         (image) the stage x game HNS heat map, after every stage
+  eval/return/<game>, eval/hns/<game>   mean evaluation return / normalised score (every game of
+                                 the schedule; before training, every eval.every frames, after each stage)
+  eval/avg_hns                   mean normalised score over all games of the schedule (average performance)
+  eval/forgetting                mean forgetting of the matrix so far (after stage 2 on)
+  eval/forgetting_matrix         (image) the stage x game heat map, before training and after every stage
+  eval/curves                    (image) the per-game evaluation curves, before training and after every stage
+  cache/hit_rate/{hbm,dram}      MoE core: expert store demand hit rates in the window (storage/stats.py)
+  cache/prefetch/{precision,coverage,timeliness}   MoE core: prefetch quality (once there are prefetches)
+  cache/stall_ms_per_step        MoE core: ms per learner update spent waiting for experts
+  cache/bytes/{nvme_to_dram,dram_to_hbm,hbm_to_dram,dram_to_nvme}   MoE core: bytes moved in the window
+  experts/nmi_game_expert        MoE core: normalised mutual information of game and expert (train/expert_metrics.py)
+  experts/utilization_entropy    MoE core: entropy of the experts' load, normalised to [0, 1]
+  experts/active, experts/pending    MoE core: experts routed in the latest rollout; experts with a pending gradient
+  experts/pending_delay          MoE core: updates a pending gradient waited before it was applied
+  experts/usage                  (image) MoE core: each game's routing share per expert, after every stage
   diag/loss, diag/accuracy       `run.py diag`: training loss and accuracy on the scored steps
   diag/eval_accuracy             `run.py diag`: accuracy on held-out sequences at the end
 """
@@ -47,6 +59,8 @@ QUEUE_WAIT_TIME = "stats/queue_wait_time"
 EVAL_AVG_HNS = "eval/avg_hns"
 EVAL_FORGETTING = "eval/forgetting"
 EVAL_MATRIX_IMAGE = "eval/forgetting_matrix"
+EVAL_CURVES_IMAGE = "eval/curves"
+EXPERT_USAGE_IMAGE = "experts/usage"
 DIAG_LOSS = "diag/loss"
 DIAG_ACCURACY = "diag/accuracy"
 DIAG_EVAL_ACCURACY = "diag/eval_accuracy"

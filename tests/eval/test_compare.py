@@ -20,15 +20,17 @@ GAMES = ["Pong", "Breakout"]
 
 def make_run(root: Path, hns, seed: int = 1, core: str = "lstm", learning: str = "tbptt",
              games=GAMES, stage_games=GAMES) -> Path:
-    """A run dir with the smoke preset's config.json (seed/model changed) and a hand-made forgetting.json."""
+    """A run dir with the smoke preset's config.json (seed/model changed) and a hand-made forgetting.json.
+
+    ``hns`` are the rows after each stage; the before-training row is all zeros.
+    """
     cfg = preset("smoke")
     cfg.seed, cfg.model.core, cfg.model.learning = seed, core, learning
     cfg.env.games = list(stage_games)
     root.mkdir(parents=True)
     (root / "config.json").write_text(cfg.to_json())
-    hns = np.asarray(hns, dtype=np.float64)
-    write_forgetting(root / "eval", list(games), [f"after {g}" for g in stage_games], hns * 10.0, hns,
-                     list(stage_games))
+    hns = np.vstack([np.zeros((1, len(games))), np.asarray(hns, dtype=np.float64)])  # before training: 0
+    write_forgetting(root / "eval", list(games), list(stage_games), hns * 10.0, hns)
     return root
 
 
@@ -36,9 +38,9 @@ def make_run(root: Path, hns, seed: int = 1, core: str = "lstm", learning: str =
 def runs(tmp_path):
     """Two lstm seeds and one elstm/rtrl seed, same games; known answers in the tests."""
     return [
-        make_run(tmp_path / "lstm-s1", [[0.5, NAN], [0.2, 0.8]], seed=1),
+        make_run(tmp_path / "lstm-s1", [[0.5, 0.1], [0.2, 0.8]], seed=1),
         make_run(tmp_path / "elstm-s1", [[0.3, NAN], [0.3, 0.5]], seed=1, core="elstm", learning="rtrl"),
-        make_run(tmp_path / "lstm-s2", [[0.6, NAN], [0.4, 0.6]], seed=2),
+        make_run(tmp_path / "lstm-s2", [[0.6, 0.3], [0.4, 0.6]], seed=2),
     ]
 
 
@@ -56,6 +58,9 @@ def test_groups_by_config_and_matches_hand_computation(runs, capsys):
     # forgetting: Pong 0.5 - 0.2 = 0.3 and 0.6 - 0.4 = 0.2; BWT the negatives; elstm 0.0.
     assert rows["mean_forgetting"] == pytest.approx([0.25, 0.0])
     assert rows["bwt"] == pytest.approx([-0.25, 0.0])
+    # Zero-shot transfer to Breakout (before row 0): 0.1 and 0.3; elstm's score after stage 1 is missing.
+    assert rows["mean_zero_shot_transfer"] == [pytest.approx(0.2), None]
+    assert rows["mean_forward_transfer"] == [None, None]  # not evaluated with --reference-run
     for point, low, high in zip(rows["iqm"], rows["iqm_low"], rows["iqm_high"]):
         assert low <= point <= high
     assert rows["iqm_low"][0] < rows["iqm_high"][0]

@@ -16,11 +16,12 @@ from train.errors import UserError
 
 NAN = math.nan
 GAMES = ["Pong", "Breakout", "Qbert"]
-STAGES = ["1:Pong", "2:Breakout", "3:Qbert"]
+STAGES = ["before", "1:Pong", "2:Breakout", "3:Qbert"]
 
-# After stage 1 / 2 / 3 (rows) the scores on Pong, Breakout, Qbert (columns).
+# Before training, then after stage 1 / 2 / 3 (rows) the scores on Pong, Breakout, Qbert (columns).
 HNS = np.array(
     [
+        [0.0, 0.05, 0.1],
         [0.8, 0.1, 0.0],
         [0.5, 0.9, 0.2],
         [0.3, 0.6, 1.0],
@@ -28,11 +29,15 @@ HNS = np.array(
 )
 # Worked out by hand:
 #   avg_final_hns = (0.3 + 0.6 + 1.0) / 3
-#   forgetting: Pong max(0.8, 0.5) - 0.3 = 0.5; Breakout max(0.1, 0.9) - 0.6 = 0.3;
-#               Qbert max(0.0, 0.2) - 1.0 = -0.8; mean 0.0
+#   forgetting (from the game's own stage to the one before the last, minus the last):
+#     Pong max(0.8, 0.5) - 0.3 = 0.5; Breakout max(0.9) - 0.6 = 0.3 (its 0.1 after stage 1, before
+#     it was trained, does not count); Qbert is first trained in the last stage: None; mean 0.4
 #   bwt = ((0.3 - 0.8) + (0.6 - 0.9)) / 2 = -0.4
+#   avg_performance = row means: 0.15 / 3, 0.9 / 3, 1.6 / 3, 1.9 / 3
+#   zero-shot transfer: Pong None (stage 1); Breakout 0.1 - 0.05 = 0.05; Qbert 0.2 - 0.1 = 0.1; mean 0.075
 RETURNS = np.array(
     [
+        [-20.7, 1.7, 163.9],
         [7.5, 4.6, 1500.0],
         [-3.0, 27.6, 2800.0],
         [-10.2, 19.0, 13455.0],
@@ -40,25 +45,54 @@ RETURNS = np.array(
 )
 
 
-def test_three_by_three_metrics_match_hand_computation():
+def test_three_stage_metrics_match_hand_computation():
     m = compute_metrics(HNS, GAMES, GAMES)
     assert m["avg_final_hns"] == pytest.approx(1.9 / 3)
-    assert m["forgetting"] == pytest.approx({"Pong": 0.5, "Breakout": 0.3, "Qbert": -0.8})
-    assert m["mean_forgetting"] == pytest.approx(0.0, abs=1e-12)
+    assert m["forgetting"] == pytest.approx({"Pong": 0.5, "Breakout": 0.3, "Qbert": None})
+    assert m["mean_forgetting"] == pytest.approx(0.4)
     assert m["bwt"] == pytest.approx(-0.4)
+    assert m["avg_performance"] == pytest.approx([0.05, 0.3, 1.6 / 3, 1.9 / 3])
+    assert m["zero_shot_transfer"] == pytest.approx({"Pong": None, "Breakout": 0.05, "Qbert": 0.1})
+    assert m["mean_zero_shot_transfer"] == pytest.approx(0.075)
+    assert m["forward_transfer"] is None and m["mean_forward_transfer"] is None
 
 
-def test_one_stage_has_no_forgetting_and_no_bwt():
-    m = compute_metrics(np.array([[0.2, 0.4]]), ["Pong"], ["Pong", "Breakout"])
+def test_forward_transfer_is_passed_through_with_its_mean():
+    m = compute_metrics(HNS, GAMES, GAMES, forward_transfer={"Pong": 0.2, "Breakout": None, "Qbert": -0.1})
+    assert m["forward_transfer"] == {"Pong": 0.2, "Breakout": None, "Qbert": -0.1}
+    assert m["mean_forward_transfer"] == pytest.approx(0.05)
+
+
+def test_one_stage_has_no_forgetting_bwt_or_zero_shot_transfer():
+    m = compute_metrics(np.array([[0.0, 0.1], [0.2, 0.4]]), ["Pong"], ["Pong", "Breakout"])
     assert m["avg_final_hns"] == pytest.approx(0.3)
     assert m["forgetting"] == {"Pong": None, "Breakout": None}
     assert m["mean_forgetting"] is None
     assert m["bwt"] is None
+    assert m["zero_shot_transfer"] == {"Pong": None, "Breakout": None}
+    assert m["avg_performance"] == pytest.approx([0.05, 0.3])
+
+
+def test_before_row_alone_gives_only_average_performance():
+    m = compute_metrics(np.array([[0.0, 0.1]]), [], ["Pong", "Breakout"])
+    assert m["avg_performance"] == pytest.approx([0.05]) and m["avg_final_hns"] == pytest.approx(0.05)
+    assert m["forgetting"] == {"Pong": None, "Breakout": None} and m["bwt"] is None
+    assert m["zero_shot_transfer"] == {"Pong": None, "Breakout": None} and m["mean_zero_shot_transfer"] is None
+
+
+def test_a_game_never_trained_has_no_forgetting_but_counts_in_averages():
+    # Qbert is a column but no stage trains it.
+    m = compute_metrics(HNS[:3], ["Pong", "Breakout"], GAMES)
+    assert m["forgetting"]["Qbert"] is None and m["zero_shot_transfer"]["Qbert"] is None
+    assert m["forgetting"]["Pong"] == pytest.approx(0.8 - 0.5)
+    assert m["avg_final_hns"] == pytest.approx((0.5 + 0.9 + 0.2) / 3)
 
 
 def test_nan_entries_are_skipped_and_undefined_terms_are_none():
+    # A failed evaluation (NaN): Pong after the last stage, Breakout before training.
     hns = np.array(
         [
+            [0.0, NAN, 0.1],
             [0.8, NAN, NAN],
             [0.5, 0.9, NAN],
             [NAN, 0.6, 1.0],
@@ -66,48 +100,49 @@ def test_nan_entries_are_skipped_and_undefined_terms_are_none():
     )
     m = compute_metrics(hns, GAMES, GAMES)
     assert m["avg_final_hns"] == pytest.approx(0.8)
-    # Pong: final score missing; Qbert: no earlier score; Breakout: max(0.9) - 0.6.
-    assert m["forgetting"]["Pong"] is None
-    assert m["forgetting"]["Qbert"] is None
+    assert m["forgetting"]["Pong"] is None  # final score missing
     assert m["forgetting"]["Breakout"] == pytest.approx(0.3)
     assert m["mean_forgetting"] == pytest.approx(0.3)
     # Stage 1's term (Pong) is undefined; stage 2's is 0.6 - 0.9.
     assert m["bwt"] == pytest.approx(-0.3)
+    # Breakout's before-training score failed; Qbert's score after stage 2 is missing.
+    assert m["zero_shot_transfer"] == {"Pong": None, "Breakout": None, "Qbert": None}
+    assert m["avg_performance"] == pytest.approx([0.05, 0.8, 0.7, 0.8])
 
 
 def test_all_nan_final_row_gives_none_everywhere():
-    hns = np.array([[0.5, 0.2], [NAN, NAN]])
+    hns = np.array([[0.0, 0.0], [0.5, 0.2], [NAN, NAN]])
     m = compute_metrics(hns, ["Pong", "Breakout"], ["Pong", "Breakout"])
-    assert m == {
-        "avg_final_hns": None,
-        "mean_forgetting": None,
-        "forgetting": {"Pong": None, "Breakout": None},
-        "bwt": None,
-    }
+    assert m["avg_final_hns"] is None and m["mean_forgetting"] is None and m["bwt"] is None
+    assert m["forgetting"] == {"Pong": None, "Breakout": None}
+    assert m["avg_performance"][-1] is None
 
 
-def test_bwt_counts_every_earlier_stage_of_a_revisited_game():
-    hns = np.array([[0.4, 0.0], [0.1, 0.7], [0.6, 0.5]])
+def test_bwt_and_forgetting_of_a_revisited_game():
+    hns = np.array([[0.0, 0.0], [0.4, 0.0], [0.1, 0.7], [0.6, 0.5]])
     m = compute_metrics(hns, ["Pong", "Breakout", "Pong"], ["Pong", "Breakout"])
-    # Stage 1 (Pong): 0.6 - 0.4; stage 2 (Breakout): 0.5 - 0.7.
+    # BWT: stage 1 (Pong): 0.6 - 0.4; stage 2 (Breakout): 0.5 - 0.7.
     assert m["bwt"] == pytest.approx(0.0, abs=1e-12)
+    # Pong is retrained in the last stage: max(0.4, 0.1) - 0.6 (negative: relearnt).
+    assert m["forgetting"]["Pong"] == pytest.approx(-0.2)
+    assert m["forgetting"]["Breakout"] == pytest.approx(0.2)
 
 
 def test_mismatched_shapes_raise_value_error():
     with pytest.raises(ValueError, match="shape"):
-        compute_metrics(HNS[:2], GAMES, GAMES)
+        compute_metrics(HNS[1:], GAMES, GAMES)  # no before row
 
 
 def test_stage_of_a_game_not_evaluated_adds_no_bwt_term():
-    hns = np.array([[0.4], [0.1], [0.6]])
+    hns = np.array([[0.0], [0.4], [0.1], [0.6]])
     m = compute_metrics(hns, ["Pong", "Breakout", "Pong"], ["Pong"])
-    assert m["bwt"] == pytest.approx(0.6 - 0.4)  # only stage 0 (Pong) has a term
+    assert m["bwt"] == pytest.approx(0.6 - 0.4)  # only stage 1 (Pong) has a term
 
 
 def _write_with_a_gap(tmp_path):
     returns, hns = RETURNS.copy(), HNS.copy()
-    returns[0, 2] = hns[0, 2] = NAN  # Qbert not evaluated after stage 1
-    doc = write_forgetting(tmp_path / "eval", GAMES, STAGES, returns, hns, GAMES)
+    returns[1, 2] = hns[1, 2] = NAN  # Qbert's evaluation after stage 1 failed
+    doc = write_forgetting(tmp_path / "eval", GAMES, GAMES, returns, hns)
     return doc, returns, hns
 
 
@@ -116,10 +151,12 @@ def test_json_round_trips_with_the_contract_schema_and_nulls(tmp_path):
     back = read_forgetting(tmp_path / "eval")
     assert back == doc
     assert {"games", "stages", "returns", "hns", "metrics"} <= set(back)
-    assert set(back["metrics"]) == {"avg_final_hns", "mean_forgetting", "forgetting", "bwt"}
-    assert back["games"] == GAMES and back["stages"] == STAGES
-    assert back["returns"][0][2] is None and back["hns"][0][2] is None
-    assert back["returns"][2] == [-10.2, 19.0, 13455.0]
+    assert {"avg_final_hns", "mean_forgetting", "forgetting", "bwt", "avg_performance",
+            "zero_shot_transfer", "forward_transfer"} <= set(back["metrics"])
+    assert back["games"] == GAMES and back["stages"] == STAGES and back["stage_games"] == GAMES
+    assert back["returns"][1][2] is None and back["hns"][1][2] is None
+    assert back["returns"][3] == [-10.2, 19.0, 13455.0]
+    assert back["reference_runs"] == []
     assert back["metrics"] == compute_metrics(hns, GAMES, GAMES)
     raw = (tmp_path / "eval" / "forgetting.json").read_text()
     assert "NaN" not in raw and "null" in raw
@@ -132,7 +169,7 @@ def test_csv_has_one_row_per_stage_with_return_and_hns_per_game(tmp_path):
         rows = list(csv.DictReader(f))
     assert [row["stage"] for row in rows] == STAGES
     assert list(rows[0]) == ["stage"] + [f"{k}/{g}" for g in GAMES for k in ("return", "hns")]
-    assert rows[0]["return/Qbert"] == "" and rows[0]["hns/Qbert"] == ""
+    assert rows[1]["return/Qbert"] == "" and rows[1]["hns/Qbert"] == ""
     for s, row in enumerate(rows):
         for j, game in enumerate(GAMES):
             if not math.isnan(hns[s, j]):
@@ -140,13 +177,14 @@ def test_csv_has_one_row_per_stage_with_return_and_hns_per_game(tmp_path):
                 assert float(row[f"hns/{game}"]) == hns[s, j]
 
 
-def test_png_heat_map_is_a_readable_image(tmp_path):
+def test_png_heat_map_is_a_readable_image_of_the_documented_size(tmp_path):
     _write_with_a_gap(tmp_path)
     path = tmp_path / "eval" / "forgetting.png"
     pixels = matplotlib.image.imread(path)
-    assert pixels.ndim == 3 and pixels.shape[0] > 0 and pixels.shape[1] > 0
+    # 3 games, 4 rows: max(4, 1 + 0.9 * 3) x max(2.5, 1.2 + 0.5 * 4) inches at 100 dpi.
+    assert pixels.shape[:2] == (320, 400) and pixels.ndim == 3
     with Image.open(path) as image:
-        assert image.format == "PNG" and image.width > 0 and image.height > 0
+        assert image.format == "PNG" and image.size == (400, 320)
 
 
 def test_writer_leaves_exactly_the_three_files(tmp_path):

@@ -1,14 +1,24 @@
-"""End-to-end: a short sequential run produces TensorBoard logs, checkpoints and the forgetting files."""
+"""End-to-end: a short sequential run produces TensorBoard logs, checkpoints and the evaluation files."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from eval.curves import read_curves
 from storage.checkpoint import CheckpointManager
 from tests.conftest import run_cli
+
+# The smoke preset: 4 envs x 20 steps x frame skip 4 = 320 frames per update, 4,000 frames per stage
+# (13 updates: stages end at 4,160 and 8,320), an evaluation every 2,000 frames. A periodic
+# evaluation is taken at the first update that crosses a multiple of 2,000, unless that update ends
+# the stage (which is evaluated anyway): 2,240 (crossing 2,000), not 4,160 (the end of stage 1),
+# 6,080 and 8,000.
+SMOKE_EVALS = [(0, 0, "before"), (2240, 1, "periodic"), (4160, 1, "stage"), (6080, 2, "periodic"),
+               (8000, 2, "periodic"), (8320, 2, "stage")]
 
 
 def _scalars(run_dir) -> EventAccumulator:
@@ -28,9 +38,13 @@ def test_smoke_run_logs_sps_and_returns_of_both_games(smoke_run):
     assert all(e.value > 0 and math.isfinite(e.value) for e in acc.Scalars("charts/SPS"))
     # Breakout episodes are short: at least one finished with a raw, finite return.
     assert all(math.isfinite(e.value) for e in acc.Scalars("charts/episodic_return/Breakout"))
-    # The forgetting heat map is an image after each stage, decodable as a PNG.
-    images = acc.Images("eval/forgetting_matrix")
-    assert len(images) == 2 and all(img.width > 100 and img.height > 100 for img in images)
+    # The heat map and the curves are images before training and after each stage, decodable PNGs
+    # of the files' sizes (2 games: heat map 400 x 250 with one row, 400 x 270 with three; curves 1000 x 320).
+    matrix = acc.Images("eval/forgetting_matrix")
+    assert [(img.step, img.width, img.height) for img in matrix] == [(0, 400, 250), (4160, 400, 250),
+                                                                     (8320, 400, 270)]
+    assert [(img.step, img.width, img.height) for img in acc.Images("eval/curves")] == [
+        (0, 1000, 320), (4160, 1000, 320), (8320, 1000, 320)]
 
 
 def test_policy_lag_is_logged_and_never_more_than_one(smoke_run):
@@ -41,20 +55,45 @@ def test_policy_lag_is_logged_and_never_more_than_one(smoke_run):
 
 def test_smoke_run_keeps_a_checkpoint_per_stage_and_a_latest_pointer(smoke_run):
     ckpts = CheckpointManager(smoke_run)
-    assert [p.name for p in ckpts.stage_checkpoints()] == ["stage_000.pt", "stage_001.pt"]
+    assert [p.name for p in ckpts.stage_checkpoints()] == ["stage_000.pt", "stage_001.pt", "stage_002.pt"]
+    # stage_000 holds the initial parameters, stage_<i> those at the end of stage i.
+    assert [ckpts.load(p)["progress"]["total_frames"] for p in ckpts.stage_checkpoints()] == [0, 4160, 8320]
     state = ckpts.load_latest()
     assert state["progress"]["stage"] == 2  # both stages done
     assert state["progress"]["total_frames"] >= 2 * 4000
 
 
-def test_forgetting_json_has_one_row_per_stage_with_games_seen_so_far(smoke_run):
+def test_forgetting_json_has_a_before_row_and_every_game_in_every_row(smoke_run):
     doc = json.loads((smoke_run / "eval" / "forgetting.json").read_text())
-    assert doc["games"] == ["Pong", "Breakout"]
-    assert len(doc["stages"]) == 2
-    assert doc["returns"][0][0] is not None and doc["returns"][0][1] is None  # Breakout unseen after stage 0
-    assert all(x is not None for x in doc["returns"][1])
-    assert set(doc["metrics"]) == {"avg_final_hns", "mean_forgetting", "forgetting", "bwt"}
-    assert (smoke_run / "eval" / "forgetting.csv").exists() and (smoke_run / "eval" / "forgetting.png").exists()
+    assert doc["games"] == ["Pong", "Breakout"] and doc["stage_games"] == ["Pong", "Breakout"]
+    assert doc["stages"] == ["before", "1:Pong", "2:Breakout"]
+    assert len(doc["returns"]) == 3 and all(x is not None for row in doc["returns"] for x in row)
+    assert {"avg_final_hns", "mean_forgetting", "forgetting", "bwt", "avg_performance", "zero_shot_transfer",
+            "forward_transfer"} <= set(doc["metrics"])
+    assert len(doc["metrics"]["avg_performance"]) == 3
+    # Forgetting is defined for Pong (trained before the last stage) only.
+    assert doc["metrics"]["forgetting"]["Breakout"] is None and doc["metrics"]["forgetting"]["Pong"] is not None
+    assert doc["metrics"]["zero_shot_transfer"]["Breakout"] == doc["hns"][1][1] - doc["hns"][0][1]
+    for name in ("forgetting.csv", "forgetting.png", "curves.csv", "curves.png"):
+        assert (smoke_run / "eval" / name).exists(), name
+
+
+def test_evaluation_curve_points_match_the_schedule_and_tensorboard(smoke_run):
+    points = read_curves(smoke_run / "eval", ["Pong", "Breakout"])
+    assert [(p["frames"], p["stage"], p["kind"]) for p in points] == SMOKE_EVALS
+    # The matrix rows are the before and stage points.
+    doc = json.loads((smoke_run / "eval" / "forgetting.json").read_text())
+    assert doc["returns"] == [p["returns"] for p in points if p["kind"] != "periodic"]
+    acc = _scalars(smoke_run)
+    for j, game in enumerate(["Pong", "Breakout"]):
+        logged = acc.Scalars(f"eval/return/{game}")
+        assert [e.step for e in logged] == [f for f, _, _ in SMOKE_EVALS]
+        assert [e.value for e in logged] == pytest.approx([p["returns"][j] for p in points])
+        assert len(acc.Scalars(f"eval/hns/{game}")) == len(SMOKE_EVALS)
+    assert [e.step for e in acc.Scalars("eval/avg_hns")] == [f for f, _, _ in SMOKE_EVALS]
+    # Mean forgetting is defined from stage 2 on.
+    assert [e.step for e in acc.Scalars("eval/forgetting")] == [8320]
+    assert acc.Scalars("eval/forgetting")[0].value == pytest.approx(doc["metrics"]["mean_forgetting"])
 
 
 def test_elstm_rtrl_run_logs_rtrl_telemetry(tmp_path):
