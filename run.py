@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from train.config import EnvConfig, EvalConfig, LearnerConfig, ModelConfig, PRESETS, RunConfig, ScheduleConfig, \
-    field_help, preset
+    StoreConfig, field_help, preset
 from train.errors import UserError
 
 # (flag, config section, field, type): each flag overrides one config field and takes its help
@@ -31,15 +31,23 @@ TRAIN_FLAGS = [
     ("--unroll", "model", "unroll", int),
     ("--rtrl-form", "model", "rtrl_form", str),
     ("--hidden-size", "model", "hidden_size", int),
+    ("--num-experts", "model", "num_experts", int),
+    ("--top-k", "model", "top_k", int),
+    ("--routing", "model", "routing", str),
+    ("--hbm-experts", "store", "hbm_experts", int),
+    ("--dram-experts", "store", "dram_experts", int),
+    ("--prefetch", "store", "prefetch", str),
     ("--rollout-length", "learner", "rollout_length", int),
     ("--lr", "learner", "learning_rate", float),
     ("--entropy-cost", "learner", "entropy_cost", float),
     ("--episodes", "eval", "episodes", int),
+    ("--eval-every", "eval", "every", int),
+    ("--eval-greedy", "eval", "greedy", bool),
     ("--seed", None, "seed", int),
     ("--device", None, "device", str),
 ]
 _SECTIONS = {"env": EnvConfig, "model": ModelConfig, "learner": LearnerConfig, "schedule": ScheduleConfig,
-             "eval": EvalConfig, None: RunConfig}
+             "eval": EvalConfig, "store": StoreConfig, None: RunConfig}
 
 
 def _games_list(text: str) -> list[str]:
@@ -88,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the schedule's games, each from the stage it is first trained)")
     ev.add_argument("--episodes", type=int, default=None, help="episodes per game (default: the run's eval.episodes)")
     ev.add_argument("--greedy", action="store_true", help="act greedily instead of sampling")
+    ev.add_argument("--reference-run", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="single-task runs (one game each, trained alone from scratch): adds each game's AUC "
+                         "forward transfer against its reference to eval/forgetting.json")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device (default: %(default)s)")
 
     be = sub.add_parser("bench", help="measure speed; prints a table, or one JSON object with --json")
@@ -141,6 +152,10 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
 def _parse(flag: str, raw: str, kind):
     if kind == "games":
         return _games_list(raw)
+    if kind is bool:
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise UserError(f"{flag} expects true or false, got {raw!r}")
     try:
         return kind(raw)
     except ValueError:
@@ -153,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg, run_dir = resolve_train_config(args)
     cfg.validate()
+    cfg.eval.validate()
     resolve_device(cfg.device)
     print(f"run dir: {run_dir}", flush=True)
     train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
@@ -163,8 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.compare is not None:
         from eval.compare import compare_runs
 
-        if args.games is not None or args.episodes is not None or args.greedy:
-            raise UserError("--games, --episodes and --greedy apply to --run-dir, not to --compare")
+        if args.games is not None or args.episodes is not None or args.greedy or args.reference_run is not None:
+            raise UserError("--games, --episodes, --greedy and --reference-run apply to --run-dir, not to --compare")
         compare_runs(args.compare, csv_path=args.csv)
         return
     if args.csv is not None:
@@ -174,7 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     games = _games_list(args.games) if args.games is not None else None
     if args.episodes is not None and args.episodes <= 0:
         raise UserError(f"--episodes must be positive, got {args.episodes}")
-    evaluate_run(args.run_dir, games=games, episodes=args.episodes, greedy=args.greedy, device=args.device)
+    evaluate_run(args.run_dir, games=games, episodes=args.episodes, greedy=args.greedy, device=args.device,
+                 reference_runs=args.reference_run)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -197,12 +214,14 @@ def cmd_diag(args: argparse.Namespace) -> None:
 
 
 def cmd_games(args: argparse.Namespace) -> None:
-    from envs.atari_data import HUMAN_SCORES, RANDOM_SCORES
-    from envs.registry import GAMES
+    from envs.atari_data import ATARI_GAMES
+    from envs.registry import GAMES, score_bounds
 
-    print(f"{'game':<20} {'random':>10} {'human':>10}   (Atari, envpool; human-normalised scores use these)")
+    print(f"{'game':<20} {'low':>10} {'high':>10}   normalised score = (score - low) / (high - low)")
     for game in GAMES:
-        print(f"{game:<20} {RANDOM_SCORES[game]:>10.1f} {HUMAN_SCORES[game]:>10.1f}")
+        low, high = score_bounds(game)
+        kind = "Atari: random / human" if game in ATARI_GAMES else "memory task: random / oracle"
+        print(f"{game:<20} {low:>10.1f} {high:>10.1f}   {kind}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,23 +21,37 @@ class Inputs:
     frames: uint8 [T, B, 4, 84, 84]. prev_action: int64 [T, B], the action taken before frame t
     (0 at an episode start). reward: float [T, B], the clipped reward that arrived with frame t.
     first: bool [T, B], frame t starts an episode (the core state is reset before it).
+    game_id: int64 [T, B], the game of frame t (``envs.registry``): masks the actions that game
+    does not take; None = all actions allowed.
     """
 
     frames: torch.Tensor
     prev_action: torch.Tensor
     reward: torch.Tensor
     first: torch.Tensor
+    game_id: torch.Tensor | None = None
+
+
+MASKED_LOGIT = -1e9
+"""Logit of an action the current game does not take (its softmax probability underflows to 0)."""
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_actions: int):
+    def __init__(self, cfg: ModelConfig, num_actions: int, games: list[str] | None = None):
+        """``games``: the run's schedule (game names in stage order); the MoE core routes and counts by it."""
         super().__init__()
+        from envs.registry import GAMES, game_id, num_actions as game_actions
+
         self.num_actions = num_actions
         self.encoder = make_encoder(cfg.encoder, cfg.hidden_size)
-        self.core: Core = make_core(cfg.core, cfg.hidden_size + 1 + num_actions, cfg.hidden_size,
-                                    learning=cfg.learning, rtrl_form=cfg.rtrl_form)
+        schedule = None if games is None else [game_id(g) for g in games]
+        self.core: Core = make_core(cfg, cfg.hidden_size + 1 + num_actions, schedule, len(GAMES))
         self.policy = nn.Linear(self.core.output_size, num_actions)
         self.value = nn.Linear(self.core.output_size, 1)
+        # One head serves every game; a game with fewer actions (a memory task) uses the first
+        # ``num_actions(game)`` of it. Not persistent: derived from the registry, not learned.
+        allowed = torch.arange(num_actions)[None, :] < torch.tensor([game_actions(g) for g in GAMES])[:, None]
+        self.register_buffer("allowed_actions", allowed, persistent=False)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         return self.core.initial_state(batch_size, device)
@@ -49,19 +63,28 @@ class ActorCritic(nn.Module):
         prev = F.one_hot(inp.prev_action, self.num_actions).to(features.dtype)
         return torch.cat([features, inp.reward.unsqueeze(-1).to(features.dtype), prev], dim=-1)
 
-    def heads(self, core_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """core outputs [T, B, H] -> (policy logits [T, B, A], values [T, B])."""
-        return self.policy(core_out), self.value(core_out).squeeze(-1)
+    def heads(self, core_out: torch.Tensor, game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """core outputs [T, B, H] -> (policy logits [T, B, A], values [T, B]).
+
+        With ``game_id`` [T, B], the logits of actions the game does not take are set to
+        :data:`MASKED_LOGIT`: their probability is exactly 0, and log-probabilities and the entropy
+        stay finite (0 * -1e9 = 0, where -inf would give NaN).
+        """
+        logits = self.policy(core_out)
+        if game_id is not None:
+            logits = logits.masked_fill(~self.allowed_actions[game_id], MASKED_LOGIT)
+        return logits, self.value(core_out).squeeze(-1)
 
     def forward(self, inp: Inputs, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
         """Acting pass: -> (logits [T, B, A], values [T, B], state after the last step)."""
-        out, state = self.core(self.core_inputs(inp), inp.first, state)
-        logits, values = self.heads(out)
+        out, state = self.core(self.core_inputs(inp), inp.first, state, inp.game_id)
+        logits, values = self.heads(out, inp.game_id)
         return logits, values, state
 
     def learner_forward(self, inp: Inputs, rollout_state: State, carry: Any, truncation: int
                         ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Learning pass through the core's learner hook: -> (logits, values, context for after_backward)."""
-        out, context = self.core.learner_unroll(self.core_inputs(inp), inp.first, rollout_state, carry, truncation)
-        logits, values = self.heads(out)
+        out, context = self.core.learner_unroll(self.core_inputs(inp), inp.first, rollout_state, carry, truncation,
+                                                inp.game_id)
+        logits, values = self.heads(out, inp.game_id)
         return logits, values, context

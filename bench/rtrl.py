@@ -376,7 +376,7 @@ def _segment_breakdown(core, pool, first, w, carry, seconds: float) -> tuple[dic
     """
     import torch
 
-    from agent.cores.elstm import RTRLCarry, _add_grad
+    from agent.cores.elstm import RTRLCarry, add_grad
 
     pieces: dict[str, list[float]] = {}
 
@@ -401,10 +401,10 @@ def _segment_breakdown(core, pool, first, w, carry, seconds: float) -> tuple[dic
             zh, fh, J = core._derivatives(r)
             t = tick("derivatives", t)
             e0 = r.c0.grad if r.c0.grad is not None else torch.zeros_like(r.c0)
-            _add_grad(core.F, torch.einsum("bn,bnd->nd", e0, r.carry.S["F"]))
-            _add_grad(core.Z, torch.einsum("bn,bnd->nd", e0, r.carry.S["Z"]))
+            add_grad(core.F, torch.einsum("bn,bnd->nd", e0, r.carry.S["F"]))
+            add_grad(core.Z, torch.einsum("bn,bnd->nd", e0, r.carry.S["Z"]))
             for name in ("w_f", "w_z", "b_f", "b_z"):
-                _add_grad(getattr(core, name), (e0 * r.carry.S[name]).sum(0))
+                add_grad(getattr(core, name), (e0 * r.carry.S[name]).sum(0))
             t = tick("carried_grad", t)
             Jk = J * r.keep
             decay = torch.ones_like(Jk)

@@ -26,11 +26,17 @@ def test_unknown_game_suggests_close_names(tmp_path):
 @pytest.mark.parametrize("flag,value", [("--frames-per-game", "0"), ("--frames-per-game", "-5"),
                                         ("--num-envs", "0"), ("--num-envs", "-2"), ("--num-envs", "many"),
                                         ("--env-backend", "nope"), ("--core", "transformer"),
-                                        ("--lr", "nan"), ("--lr", "-1"), ("--hidden-size", "0")])
+                                        ("--lr", "nan"), ("--lr", "-1"), ("--hidden-size", "0"),
+                                        ("--eval-every", "-1"), ("--eval-greedy", "maybe")])
 def test_impossible_sizes_and_choices_are_refused(tmp_path, flag, value):
     line = _one_line_error(run_cli("train", flag, value, "--run-dir", str(tmp_path / "r")))
     assert flag in line
     assert not (tmp_path / "r").exists()
+
+
+def test_reference_run_applies_to_run_dir_not_compare(tmp_path):
+    line = _one_line_error(run_cli("eval", "--compare", str(tmp_path), "--reference-run", str(tmp_path)))
+    assert "--reference-run" in line
 
 
 def test_unwritable_run_dir_is_refused():
@@ -46,7 +52,7 @@ def test_eval_of_a_directory_that_is_not_a_run(tmp_path):
 def test_eval_of_a_run_without_checkpoints(tmp_path, smoke_run):
     shutil.copy(smoke_run / "config.json", tmp_path / "config.json")
     line = _one_line_error(run_cli("eval", "--run-dir", str(tmp_path)))
-    assert "no stage checkpoints" in line
+    assert "no stage checkpoints" in line and str(tmp_path) in line
 
 
 def test_corrupt_checkpoint_is_reported_and_left_untouched(tmp_path, smoke_run):
@@ -77,8 +83,12 @@ def test_unknown_subcommand_and_bench(tmp_path):
     _one_line_error(run_cli("bench", "nosuch"))
 
 
-def test_games_lists_all_57_atari_games():
+def test_games_lists_the_57_atari_games_and_the_memory_tasks_with_their_score_bounds():
+    from envs.registry import GAMES
+
     proc = run_cli("games", check=True)
-    for game in ["Pong", "Breakout", "MontezumaRevenge", "UpNDown", "Zaxxon"]:
-        assert game in proc.stdout
-    assert len([line for line in proc.stdout.splitlines()[1:] if line.strip()]) == 57
+    lines = [line for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert [line.split()[0] for line in lines] == list(GAMES) and len(GAMES) == 57 + 4
+    pong = next(line for line in lines if line.startswith("Pong "))
+    assert pong.split()[1:3] == ["-20.7", "14.6"] and "human" in pong
+    assert "oracle" in next(line for line in lines if line.startswith("watermaze"))

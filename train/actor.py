@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -71,7 +72,10 @@ class Actor(threading.Thread):
     """Collects rollouts of ``rollout_length`` steps from ``env`` into ``rollouts`` until ``stop``."""
 
     def __init__(self, env: AtariVecEnv, model: ActorCritic, rollout_length: int, reward_clip: float,
-                 rollouts: queue.Queue, params: ParamChannel, device: torch.device, initial_version: int, seed: int):
+                 rollouts: queue.Queue, params: ParamChannel, device: torch.device, initial_version: int, seed: int,
+                 on_frames: Callable[[np.ndarray], None] | None = None):
+        """``on_frames``: called with every step's frames [B, 4, 84, 84] before acting (the game
+        detector, ``train/detection.py``); its time counts as acting time."""
         super().__init__(name="actor", daemon=True)
         self.env, self.model, self.T = env, model, rollout_length
         self.reward_clip = reward_clip
@@ -81,6 +85,7 @@ class Actor(threading.Thread):
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
+        self.on_frames = on_frames
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -115,11 +120,14 @@ class Actor(threading.Thread):
 
     def _act(self, step: EnvStep, prev_action: np.ndarray, state: State) -> dict:
         """Run the policy on one env step; returns the record of that step (state_in = before it)."""
+        if self.on_frames is not None:
+            self.on_frames(step.obs)
         inp = Inputs(
             frames=torch.from_numpy(step.obs).to(self.device).unsqueeze(0),
             prev_action=torch.from_numpy(prev_action).to(self.device).unsqueeze(0),
             reward=torch.from_numpy(step.reward).to(self.device).clamp(-self.reward_clip, self.reward_clip).unsqueeze(0),
             first=torch.from_numpy(step.first).to(self.device).unsqueeze(0),
+            game_id=torch.from_numpy(step.game_id).to(self.device).unsqueeze(0),
         )
         logits, _, state_out = self.model(inp, state)
         action = torch.multinomial(torch.softmax(logits[0], -1), 1, generator=self.generator).squeeze(-1)

@@ -39,7 +39,7 @@ class ModelConfig:
     encoder: str = "nature"
     """Frame encoder: `nature` (Nature DQN CNN, the CPU default) or `resnet` (IMPALA deep ResNet 16/32/32)."""
     core: str = "lstm"
-    """Recurrent core: `lstm` (baseline, truncated BPTT only) or `elstm` (element-wise LSTM: truncated BPTT or exact RTRL)."""
+    """Recurrent core: `lstm` (baseline, truncated BPTT only), `elstm` (element-wise LSTM: truncated BPTT or exact RTRL) or `moe` (Mixture-of-Experts eLSTM, exact lazy RTRL, experts in the tiered store)."""
     hidden_size: int = 256
     """Width of the encoder output and of the recurrent core."""
     learning: str = "tbptt"
@@ -48,6 +48,16 @@ class ModelConfig:
     """Truncation length M for `tbptt` in steps (0 = the whole rollout); RTRL never truncates."""
     rtrl_form: str = "segment"
     """RTRL implementation: `segment` (BPTT in the rollout + carried sensitivities; fast) or `step` (per-step sensitivity update; the reference)."""
+    num_experts: int = 16
+    """MoE core: number of experts (the eLSTM's input projections F_e, Z_e)."""
+    top_k: int = 2
+    """MoE core: experts each step of each stream is routed to."""
+    routing: str = "learned"
+    """MoE core: `learned` (top-k router on the core input, trained with a per-game balance loss) or `game` (hard routing by the schedule's game: the baseline)."""
+    balance_cost: float = 0.01
+    """MoE core: weight of the router's per-game load-balancing loss (per step, summed like the V-trace losses)."""
+    lazy: bool = True
+    """MoE core: lazy sensitivity updates of idle experts (cost grows with the active experts); False = eager (every expert every rollout; for comparison)."""
 
 
 @dataclass
@@ -95,9 +105,28 @@ class EvalConfig:
     episodes: int = 4
     """Full evaluation episodes per game after each stage."""
     greedy: bool = False
-    """Act greedily (argmax) in evaluation instead of sampling from the policy."""
+    """Act greedily (argmax) in evaluation instead of sampling from the policy (true or false)."""
     seed: int = 10_000
     """Base seed of the evaluation envs; the same for every stage, so stages are comparable."""
+    every: int = 0
+    """Frames between periodic evaluations of every game during training (0 = only before training and after each stage); they feed eval/curves.csv|.png."""
+
+    def validate(self) -> None:
+        """Raise UserError on impossible evaluation settings."""
+        if self.every < 0:
+            raise UserError(f"--eval-every must be >= 0 frames (0 = off), got {self.every}")
+
+
+@dataclass
+class StoreConfig:
+    hbm_experts: int = 8
+    """Experts the hbm tier (the compute device; host memory on a CPU machine) holds; at least --top-k."""
+    dram_experts: int = 12
+    """Experts the dram tier (pinned host memory on a GPU machine) holds; between --hbm-experts and --num-experts."""
+    io_threads: int = 2
+    """Background threads that move experts between the tiers (prefetches)."""
+    prefetch: str = "lru"
+    """Which experts are kept hot in hbm: `none` (evicted after every update: the floor), `lru` (demand loads, LRU), `detector` (the game detector's change of game pins that game's expert cohort) or `oracle` (the known schedule does)."""
 
 
 @dataclass
@@ -112,6 +141,8 @@ class RunConfig:
     """Stages, checkpoints and logging cadence."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation settings."""
+    store: StoreConfig = field(default_factory=StoreConfig)
+    """Tiered expert store (MoE core only)."""
     seed: int = 1
     """Seed of torch, numpy and the training envs."""
     device: str = "auto"
@@ -132,6 +163,7 @@ class RunConfig:
                 learner=LearnerConfig(**data["learner"]),
                 schedule=ScheduleConfig(**data["schedule"]),
                 eval=EvalConfig(**data["eval"]),
+                store=StoreConfig(**data.get("store", {})),
                 seed=data["seed"],
                 device=data["device"],
             )
@@ -178,7 +210,8 @@ class RunConfig:
         choices = {
             "--env-backend": (self.env.backend, ("envpool", "gymnasium")),
             "--encoder": (self.model.encoder, ("nature", "resnet")),
-            "--core": (self.model.core, ("lstm", "elstm")),
+            "--core": (self.model.core, ("lstm", "elstm", "moe")),
+            "--routing": (self.model.routing, ("learned", "game")),
             "--learning": (self.model.learning, ("tbptt", "rtrl")),
             "--rtrl-form": (self.model.rtrl_form, ("segment", "step")),
             "--device": (self.device, ("auto", "cpu", "cuda")),
@@ -194,6 +227,35 @@ class RunConfig:
             raise UserError("--unroll applies to --learning tbptt only; RTRL's gradient is never truncated")
         if not 0.0 <= self.env.sticky_action_prob < 1.0:
             raise UserError(f"sticky action probability must be in [0, 1), got {self.env.sticky_action_prob}")
+        if self.store.prefetch not in ("none", "lru", "detector", "oracle"):
+            raise UserError(f"--prefetch {self.store.prefetch!r} is not supported; choose one of none, lru, detector, oracle")
+        if self.store.prefetch in ("detector", "oracle") and self.model.core != "moe":
+            raise UserError(f"--prefetch {self.store.prefetch} prefetches MoE experts: it needs --core moe")
+        if self.model.core == "moe":
+            self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        m, st = self.model, self.store
+        if m.learning != "rtrl":
+            raise UserError("--core moe trains its experts by exact RTRL: use --learning rtrl (TBPTT is for lstm/elstm)")
+        if not 0 < m.top_k <= m.num_experts:
+            raise UserError(f"--top-k must be between 1 and --num-experts ({m.num_experts}), got {m.top_k}")
+        if st.hbm_experts < m.top_k:
+            raise UserError(f"--hbm-experts ({st.hbm_experts}) must hold at least --top-k ({m.top_k}) experts")
+        if not st.hbm_experts <= st.dram_experts <= m.num_experts:
+            raise UserError(f"expert tiers must satisfy --top-k <= --hbm-experts <= --dram-experts <= --num-experts; "
+                            f"got {st.hbm_experts}, {st.dram_experts}, {m.num_experts}")
+        games = len(dict.fromkeys(self.env.games))
+        if m.routing == "game" and m.top_k * games > m.num_experts:
+            raise UserError(f"--routing game gives each of the {games} games its own {m.top_k} experts: "
+                            f"needs --num-experts >= {m.top_k * games}, got {m.num_experts}")
+        if not (math.isfinite(m.balance_cost) and m.balance_cost >= 0):
+            raise UserError(f"balance cost must be a finite number >= 0, got {m.balance_cost}")
+        if st.io_threads < 1:
+            raise UserError(f"store io_threads must be >= 1, got {st.io_threads}")
+        if st.prefetch in ("detector", "oracle") and st.hbm_experts < 2 * m.top_k:
+            raise UserError(f"--prefetch {st.prefetch} pins a game's cohort of at least --top-k ({m.top_k}) experts next "
+                            f"to the ones in use: needs --hbm-experts >= {2 * m.top_k}, got {st.hbm_experts}")
 
 
 def _preset_default() -> RunConfig:
@@ -202,6 +264,7 @@ def _preset_default() -> RunConfig:
     cfg.env.games = ["Pong", "Breakout"]
     cfg.schedule.frames_per_game = 800_000
     cfg.schedule.checkpoint_every = 400_000
+    cfg.eval.every = 200_000
     return cfg
 
 
@@ -216,6 +279,7 @@ def _preset_smoke() -> RunConfig:
     cfg.schedule.checkpoint_every = 2_000
     cfg.schedule.log_every = 0.5
     cfg.eval.episodes = 1
+    cfg.eval.every = 2_000
     return cfg
 
 
@@ -228,10 +292,38 @@ def _preset_impala() -> RunConfig:
     cfg.schedule.frames_per_game = 20_000_000
     cfg.schedule.checkpoint_every = 2_000_000
     cfg.eval.episodes = 10
+    cfg.eval.every = 2_000_000
     return cfg
 
 
-PRESETS = {"default": _preset_default, "smoke": _preset_smoke, "impala": _preset_impala}
+def _preset_memory_rtrl() -> RunConfig:
+    """Irie et al. (ICLR 2024, Table 1) at CPU scale: the eLSTM trained by exact RTRL on `watermaze`."""
+    cfg = RunConfig()
+    cfg.env.games = ["watermaze"]
+    cfg.env.num_envs = 8
+    cfg.model.core = "elstm"
+    cfg.model.learning = "rtrl"
+    cfg.model.hidden_size = 128
+    # Sparse rewards (a random agent finds the platform about every 400 steps): a higher rate and a
+    # smaller entropy bonus than the Atari defaults, or the policy stays near uniform for the budget.
+    cfg.learner.learning_rate = 2e-3
+    cfg.learner.entropy_cost = 0.003
+    cfg.schedule.frames_per_game = 800_000
+    cfg.schedule.checkpoint_every = 400_000
+    cfg.eval.episodes = 4
+    return cfg
+
+
+def _preset_memory_tbptt() -> RunConfig:
+    """`memory-rtrl`'s baseline: the same eLSTM trained by truncated BPTT with M = 10 (Irie et al.'s TBPTT)."""
+    cfg = _preset_memory_rtrl()
+    cfg.model.learning = "tbptt"
+    cfg.model.unroll = 10
+    return cfg
+
+
+PRESETS = {"default": _preset_default, "smoke": _preset_smoke, "impala": _preset_impala,
+           "memory-rtrl": _preset_memory_rtrl, "memory-tbptt": _preset_memory_tbptt}
 
 
 def preset(name: str) -> RunConfig:

@@ -43,7 +43,8 @@ class Learner:
         lc = self.cfg.learner
         r = _to_device(rollout, self.device)
         clipped = r.reward.clamp(-self.cfg.env.reward_clip, self.cfg.env.reward_clip)
-        inp = Inputs(frames=r.frames, prev_action=r.prev_action, reward=clipped, first=r.first)
+        inp = Inputs(frames=r.frames, prev_action=r.prev_action, reward=clipped, first=r.first, game_id=r.game_id)
+        core = self.model.core
         logits, values, context = self.model.learner_forward(inp, r.initial_state, self.carry, self.cfg.model.unroll)
 
         log_probs = F.log_softmax(logits[:-1], dim=-1)
@@ -66,11 +67,23 @@ class Learner:
         if lc.loss_reduction == "mean":
             total = total / mask.sum().clamp(min=1.0)
 
+        aux = core.learner_aux_loss(context)
+        if aux is not None:
+            total = total + (aux / mask.sum().clamp(min=1.0) if lc.loss_reduction == "mean" else aux)
+
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        self.carry = self.model.core.learner_after_backward(context)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_norm_clip)
+        self.carry = core.learner_after_backward(context)
+        # One global norm over the dense gradients and those the core keeps itself (experts in a store),
+        # scaled as torch.nn.utils.clip_grad_norm_ does.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None] + core.learner_grads()
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        scale = torch.clamp(lc.grad_norm_clip / (grad_norm + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(scale)
+        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        core.learner_step(lr)
         self.scheduler.step()
         self.version += 1
         return {

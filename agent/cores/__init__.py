@@ -3,13 +3,22 @@
 from agent.cores.base import Core, State
 from agent.cores.elstm import ELSTMCore
 from agent.cores.lstm import LSTMCore
+from agent.cores.moe_elstm import MoEELSTMCore
 
 
-def make_core(name: str, input_size: int, hidden_size: int, learning: str = "tbptt", rtrl_form: str = "segment") -> Core:
-    """The core called ``name`` (``lstm`` or ``elstm``; validated by the config)."""
-    if name == "elstm":
-        return ELSTMCore(input_size, hidden_size, learning=learning, rtrl_form=rtrl_form)
-    return LSTMCore(input_size, hidden_size)
+def make_core(cfg, input_size: int, schedule: list[int] | None = None, num_games: int = 0) -> Core:
+    """The core ``cfg.core`` (a validated :class:`train.config.ModelConfig`) over inputs of ``input_size``.
+
+    The MoE core also needs the run's game ids in stage order (``schedule``) and how many game ids
+    exist (``num_games``), for game routing and per-game routing statistics."""
+    if cfg.core == "moe":
+        if schedule is None:
+            raise ValueError("the MoE core needs the schedule's game ids")
+        return MoEELSTMCore(input_size, cfg.hidden_size, cfg.num_experts, cfg.top_k, cfg.routing, schedule, num_games,
+                            rtrl_form=cfg.rtrl_form, lazy=cfg.lazy, balance_cost=cfg.balance_cost)
+    if cfg.core == "elstm":
+        return ELSTMCore(input_size, cfg.hidden_size, learning=cfg.learning, rtrl_form=cfg.rtrl_form)
+    return LSTMCore(input_size, cfg.hidden_size)
 
 
-__all__ = ["Core", "State", "LSTMCore", "ELSTMCore", "make_core"]
+__all__ = ["Core", "State", "LSTMCore", "ELSTMCore", "MoEELSTMCore", "make_core"]

@@ -1,0 +1,96 @@
+"""The MoE core in real training runs (envpool Atari, smoke sizes): experts cycling through the
+tiers of a real store (with detector prefetch), the same parameters as with every expert in hbm,
+the cache, expert and detector figures in TensorBoard, a SIGKILL + resume that rolls the store back
+to the checkpoint, and bad flags rejected with one line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from storage.checkpoint import CheckpointManager
+from storage.expert_store import ExpertStore
+from tests.conftest import run_cli, train_and_kill
+
+MOE = ["--preset", "smoke", "--core", "moe", "--learning", "rtrl", "--num-experts", "6", "--top-k", "2", "--eval-every", "0",
+       "--frames-per-game", "2560", "--no-progress"]
+# The small run also prefetches by the game detector: prefetching moves experts, never changes the math.
+SMALL = ["--hbm-experts", "4", "--dram-experts", "5", "--prefetch", "detector"]
+ALL = ["--hbm-experts", "6", "--dram-experts", "6"]
+
+
+def _replica_matches_store(run_dir) -> dict:
+    """The latest checkpoint's expert replica equals the store's snapshot of the same name; returns the state."""
+    state = CheckpointManager(run_dir).load_latest()
+    model = state["model"]
+    store = ExpertStore.open(run_dir / "experts", 6, 6, snapshot=state["expert_snapshot"])  # verifies crc32s
+    for e in range(6):
+        with store.use([e]) as (rec,):
+            assert torch.equal(rec["F"], model["core.expert_F"][e]) and torch.equal(rec["Z"], model["core.expert_Z"][e])
+    store.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("moe")
+    for name, tiers in (("small", SMALL), ("all", ALL)):
+        run_cli("train", *MOE, *tiers, "--run-dir", str(base / name), check=True)
+    return base / "small", base / "all"
+
+
+def test_out_of_core_run_equals_the_all_in_hbm_run(runs):
+    small, all_in_hbm = (_replica_matches_store(r) for r in runs)
+    for key, value in all_in_hbm["model"].items():
+        assert torch.allclose(small["model"][key].double(), value.double(), rtol=1e-6, atol=1e-7), key
+    assert not torch.equal(small["model"]["core.expert_F"], _initial_experts(runs[0]))  # the experts learned
+
+
+def _initial_experts(run_dir) -> torch.Tensor:
+    return CheckpointManager(run_dir).load(run_dir / "checkpoints" / "stage_000.pt")["model"]["core.expert_F"]
+
+
+def test_cache_and_expert_figures_reach_tensorboard(runs):
+    ea = EventAccumulator(str(runs[0] / "tb"))
+    ea.Reload()
+    scalars = set(ea.Tags()["scalars"])
+    for tag in ("cache/hit_rate/hbm", "cache/hit_rate/dram", "cache/stall_ms_per_step", "experts/nmi_game_expert",
+                "experts/utilization_entropy", "experts/active", "detector/accuracy", "detector/switch_latency_steps",
+                *(f"cache/bytes/{link}" for link in ("nvme_to_dram", "dram_to_hbm", "hbm_to_dram", "dram_to_nvme"))):
+        assert tag in scalars, tag
+        values = [e.value for e in ea.Scalars(tag)]
+        assert values and all(math.isfinite(v) for v in values), tag
+        if "hit_rate" in tag or "nmi" in tag or "entropy" in tag or "accuracy" in tag:
+            assert all(0.0 <= v <= 1.0 for v in values), tag
+    assert sum(e.value for e in ea.Scalars("cache/bytes/dram_to_nvme")) > 0  # experts went down to NVMe
+    assert "experts/usage" in ea.Tags()["images"]
+
+
+def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*MOE, *SMALL, "--frames-per-game", "6400", "--checkpoint-every", "1000", "--run-dir", str(run_dir)]
+    train_and_kill(args, run_dir, lambda frames: frames >= 2000)
+    _replica_matches_store(run_dir)
+    run_cli("train", *args, "--resume", check=True)
+    state = _replica_matches_store(run_dir)
+    assert state["progress"]["total_frames"] == 2 * 6400
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-k", "7"], "--top-k must be between 1 and --num-experts"),
+    (["--top-k", "3", "--hbm-experts", "2", "--dram-experts", "3"], "--hbm-experts (2) must hold at least --top-k (3)"),
+    (["--routing", "game", "--top-k", "4", "--hbm-experts", "4", "--dram-experts", "4"],
+     "--routing game gives each of the 2 games its own 4 experts"),
+    (["--learning", "tbptt"], "--core moe trains its experts by exact RTRL"),
+    (["--hbm-experts", "3"], "--prefetch detector pins a game's cohort of at least --top-k (2) experts"),
+    (["--core", "elstm", "--prefetch", "oracle"], "--prefetch oracle prefetches MoE experts: it needs --core moe"),
+])
+def test_bad_moe_flags_are_one_line_errors(tmp_path, flags, message):
+    proc = run_cli("train", *MOE, *SMALL, *flags, "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "r").exists()

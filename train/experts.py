@@ -1,0 +1,158 @@
+"""The MoE core's expert store during training: its life cycle with the checkpoints, and its figures.
+
+Life cycle
+    A new run creates the store in ``<run_dir>/experts`` from the model's initial experts. Every
+    training checkpoint first applies the experts' pending gradients (``flush_pending``), then
+    commits the store as a snapshot named after the checkpoint (``ExpertStore.checkpoint``), then
+    saves the model (whose expert replica now matches) with that name: so the checkpoint and the
+    snapshot describe the same moment. ``--resume`` opens the store at the snapshot of the checkpoint
+    it resumes from, discarding any write-back a killed run made after it. The store keeps the two
+    newest snapshots, so a kill between the snapshot and the checkpoint file still finds the
+    previous one. The learner's per-stream carry (cell, sensitivities, lazy vectors) is not saved:
+    a resumed run restarts every episode, which zeroes it anyway.
+
+Figures (per logging window, from the store's counters; ``storage/stats.py`` defines them):
+    ``cache/hit_rate/hbm``, ``cache/hit_rate/dram``, ``cache/prefetch/{precision,coverage,timeliness}``
+    (only once there are prefetches), ``cache/stall_ms_per_step`` (per learner update),
+    ``cache/bytes/<link>``, and from the router's usage counts ``experts/nmi_game_expert`` and
+    ``experts/utilization_entropy`` (``train/expert_metrics.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+
+import torch
+
+from agent.cores.moe_elstm import MoEELSTMCore
+from agent.detector import GameDetector
+from agent.prefetch import CohortPrefetcher
+from agent.model import ActorCritic
+from storage.expert_store import ExpertStore
+from storage.manifest import MANIFEST
+from storage.stats import LINKS, StoreCounters
+from train.config import RunConfig
+from train.expert_metrics import nmi_game_expert, utilization_entropy
+from train.detection import DetectorDriver, UsageCohorts
+from train.learner import Learner
+from train.run_dir import RunDir
+
+
+@dataclass
+class ExpertRun:
+    """A run's MoE extras: the store, the game detector and the cohort prefetcher (None when unused)."""
+
+    store: ExpertStore | None = None
+    detector: GameDetector | None = None
+    prefetcher: CohortPrefetcher | None = None
+    prefetch: str = "lru"
+
+    def driver(self, cfg: RunConfig, game: str, num_streams: int) -> DetectorDriver | None:
+        """The detector driver of a stage training ``game`` (None without a detector)."""
+        if self.detector is None:
+            return None
+        cls = list(dict.fromkeys(cfg.env.games)).index(game)
+        return DetectorDriver(self.detector, num_streams, cls, self.prefetch, self.prefetcher)
+
+    def state_dict(self) -> dict | None:
+        return None if self.detector is None else self.detector.state_dict()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir, device: torch.device,
+                  state: dict | None) -> ExpertRun:
+    """The store (new, or reopened at ``state``'s snapshot), the detector (restored from ``state``)
+    and, for ``--prefetch detector|oracle``, the prefetcher; an empty ExpertRun for other cores."""
+    core = moe_core(model)
+    if core is None:
+        return ExpertRun()
+    store = open_store(cfg, model, learner, rd, device, None if state is None else state.get("expert_snapshot"))
+    core.evict_after_use = cfg.store.prefetch == "none"
+    detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
+    if state is not None and state.get("detector") is not None:
+        detector.load_state_dict(state["detector"])
+    prefetcher = None
+    if cfg.store.prefetch in ("detector", "oracle"):
+        prefetcher = CohortPrefetcher(store, UsageCohorts(core, cfg.store.hbm_experts - cfg.model.top_k))
+    return ExpertRun(store, detector, prefetcher, cfg.store.prefetch)
+
+
+def moe_core(model: ActorCritic) -> MoEELSTMCore | None:
+    core = model.core
+    return core if isinstance(core, MoEELSTMCore) else None
+
+
+def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir, device: torch.device,
+               snapshot: str | None) -> ExpertStore | None:
+    """Create (``snapshot`` None: a new run) or reopen at ``snapshot`` the run's expert store and
+    attach it to the learner's core; None for cores without experts."""
+    core = moe_core(model)
+    if core is None:
+        return None
+    st = cfg.store
+    if snapshot is None:
+        if (rd.experts / MANIFEST).exists():  # a killed attempt that never checkpointed: start over
+            shutil.rmtree(rd.experts)
+        store = core.create_store(rd.experts, cfg.env.num_envs, st.hbm_experts, st.dram_experts, device,
+                                  io_threads=st.io_threads)
+    else:
+        store = ExpertStore.open(rd.experts, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
+                                 io_threads=st.io_threads)
+    core.attach_store(store, cfg.learner.rmsprop_alpha, cfg.learner.rmsprop_eps)
+    return store
+
+
+def checkpoint_store(model: ActorCritic, learner: Learner, cfg: RunConfig, tag: str) -> str | None:
+    """Apply pending expert gradients and commit the store as snapshot ``tag`` (before the model is saved)."""
+    core = moe_core(model)
+    if core is None:
+        return None
+    core.flush_pending(learner.carry, learner.scheduler.get_last_lr()[0], cfg.learner.grad_norm_clip)
+    core.store.checkpoint(tag)
+    return tag
+
+
+class CacheWindow:
+    """The store's counters since the previous :meth:`summary`, as TensorBoard scalars."""
+
+    def __init__(self, model: ActorCritic) -> None:
+        self.core = moe_core(model)
+        self.last = self._counts()
+
+    def _counts(self) -> dict[str, float]:
+        if self.core is None:
+            return {}
+        stats = self.core.store.stats()
+        return {f.name: stats[f.name] for f in dataclasses.fields(StoreCounters)}
+
+    def summary(self, updates: int) -> dict[str, float]:
+        """Scalars for the window that ``updates`` learner updates took (empty without a store)."""
+        if self.core is None:
+            return {}
+        now = self._counts()
+        d = {k: now[k] - self.last[k] for k in now}
+        self.last = now
+        demand_loads = d["dram_hits"] + d["dram_misses"]
+        out = {
+            "cache/hit_rate/hbm": _ratio(d["hbm_hits"], d["hbm_hits"] + d["hbm_misses"]),
+            "cache/hit_rate/dram": _ratio(d["dram_hits"], demand_loads),
+            "cache/stall_ms_per_step": 1000.0 * d["stall_s"] / max(updates, 1),
+            **{f"cache/bytes/{link}": float(d[f"bytes_{link}"]) for link in LINKS},
+            "experts/nmi_game_expert": nmi_game_expert(self.core.usage.cpu().numpy()),
+            "experts/utilization_entropy": utilization_entropy(self.core.usage.cpu().numpy()),
+        }
+        if d["prefetch_issued"]:
+            out["cache/prefetch/precision"] = d["prefetch_used"] / d["prefetch_issued"]
+            out["cache/prefetch/coverage"] = _ratio(d["prefetch_used"], d["prefetch_used"] + demand_loads)
+            out["cache/prefetch/timeliness"] = _ratio(d["prefetch_used"] - d["prefetch_late"], d["prefetch_used"])
+        return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
