@@ -7,7 +7,8 @@ rows measure compute, not disk. Routing: ``game`` (one game: the same k experts 
 regime of a router that has specialised; the others are idle, which is what lazy updates are for.
 The sizes are the default preset's core: N = 256, D = 256 + 1 + 18, B = 8 streams, T = 20.
 
-Row fields: ``ms_per_update`` (median over the timed updates), ``active`` (experts routed per
+Row fields: ``ms_per_update`` (median over the timed updates of a row; the fastest of ``ROUNDS``
+interleaved rounds), ``active`` (experts routed per
 rollout), ``store_mib`` (one copy of every expert record: parameters, RMSprop state, sensitivities),
 ``carry_mib`` (the rho/gamma vectors of all experts), ``peak_rss_mib`` (the process's peak resident
 memory after the row).
@@ -30,19 +31,26 @@ EXPERTS = (8, 64, 256)
 TOP_K = 2
 N, D, B, T = 256, 256 + 1 + 18, 8, 20
 WARMUP = 2
+ROUNDS = 2
 
 
 def run(seconds: float) -> dict:
     """Rows for every E, lazy then eager; about ``seconds`` of timed updates per row (at least 3)."""
     torch.manual_seed(0)
-    rows = []
+    best: dict[tuple[int, bool], dict] = {}
     work = Path(tempfile.mkdtemp(prefix=".bench-moe-"))
     try:
-        for lazy in (True, False):
-            for E in EXPERTS:
-                rows.append(_row(work / f"{E}-{lazy}", E, lazy, seconds))
+        # Rounds interleave the configurations, and each keeps its fastest round: on a 2-core
+        # machine the median of one row drifts by up to ~40% between neighbouring rows.
+        for rnd in range(ROUNDS):
+            for lazy in (True, False):
+                for E in EXPERTS:
+                    row = _row(work / f"{E}-{lazy}-{rnd}", E, lazy, seconds)
+                    if (E, lazy) not in best or row["ms_per_update"] < best[(E, lazy)]["ms_per_update"]:
+                        best[(E, lazy)] = row
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    rows = [best[(E, lazy)] for lazy in (True, False) for E in EXPERTS]
     by = {(r["experts"], r["lazy"]): r["ms_per_update"] for r in rows}
     for r in rows:
         r["ratio_to_smallest"] = r["ms_per_update"] / by[(EXPERTS[0], r["lazy"])]
@@ -76,6 +84,7 @@ def _row(directory: Path, E: int, lazy: bool, seconds: float) -> dict:
         times.append(elapsed)
     record_bytes = sum(s.nbytes for s in store.spec.values())
     store.close()
+    shutil.rmtree(directory)
     return {"name": f"{'lazy' if lazy else 'eager'}/E={E}", "experts": E, "lazy": lazy,
             "ms_per_update": statistics.median(times) * 1000, "updates": len(times), "active": TOP_K,
             "store_mib": E * record_bytes / 2**20, "carry_mib": 2 * E * B * N * 4 / 2**20,

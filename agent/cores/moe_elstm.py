@@ -255,7 +255,11 @@ class MoEELSTMCore(Core):
             self._idle_experts(p, J)
         for e in p.routed:
             self._has_sensitivity[e] = True
-        lazy = ((carry.rho != 1.0).any((1, 2)) | (carry.gamma != 0.0).any((1, 2))).tolist()
+        if self.rtrl_form == "step":  # an expert can end the rollout with lazy vectors of its own
+            lazy = ((carry.rho != 1.0).any((1, 2)) | (carry.gamma != 0.0).any((1, 2))).tolist()
+        else:  # every expert not materialised by this pass
+            done = set(p.experts)
+            lazy = [e not in done for e in range(self.num_experts)]
         for e in range(self.num_experts):
             if lazy[e] and self._has_sensitivity[e] and self._pending_since[e] < 0:
                 self._pending_since[e] = self.updates
@@ -398,19 +402,21 @@ class MoEELSTMCore(Core):
 
     def _idle_experts(self, p: _Pass, J: torch.Tensor) -> None:
         """Every expert the pass did not materialise: O(B N) per rollout (segment) or per step (reference)."""
-        done = set(p.experts)
-        idle = [e for e in range(self.num_experts) if e not in done]
-        if not idle:
-            return
-        rho, gamma = p.carry.rho[idle], p.carry.gamma[idle]
         if self.rtrl_form == "step":
+            done = set(p.experts)
+            idle = [e for e in range(self.num_experts) if e not in done]
+            rho, gamma = p.carry.rho[idle], p.carry.gamma[idle]
             for t in range(p.x.shape[0]):
                 rho.mul_(J[t] * p.keep[t])
                 gamma.add_(_cell_grad(p, t) * rho)
-        else:
-            gamma.add_(rho * _leaf_grad(p.c0))
-            rho.mul_(p.total)
-        p.carry.rho[idle], p.carry.gamma[idle] = rho, gamma
+            p.carry.rho[idle], p.carry.gamma[idle] = rho, gamma
+            return
+        # In place over all experts (no gather/scatter of [E, B, N]), then the materialised ones,
+        # whose sensitivities were advanced explicitly, go back to rho = 1, gamma = 0.
+        p.carry.gamma.addcmul_(p.carry.rho, _leaf_grad(p.c0))
+        p.carry.rho.mul_(p.total)
+        p.carry.rho[p.experts] = 1.0
+        p.carry.gamma[p.experts] = 0.0
 
     # ------------------------------------------------------------------------------------- helpers
     def _rmsprop_step(self, e: int, record: dict[str, torch.Tensor], gF: torch.Tensor, gZ: torch.Tensor, lr: float) -> None:
