@@ -92,3 +92,14 @@ def test_games_lists_the_57_atari_games_and_the_memory_tasks_with_their_score_bo
     pong = next(line for line in lines if line.startswith("Pong "))
     assert pong.split()[1:3] == ["-20.7", "14.6"] and "human" in pong
     assert "oracle" in next(line for line in lines if line.startswith("watermaze"))
+
+
+def test_games_piped_into_a_reader_that_stops_early_prints_no_traceback():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run(f"{sys.executable} run.py games | head -1", shell=True, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.startswith("game") and proc.stderr == ""
