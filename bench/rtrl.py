@@ -182,7 +182,7 @@ def _memory_notes(rows: list[dict], horizons) -> list[str]:
                                f"(total RSS {_pct(last['peak_rss_mib'], r['peak_rss_mib'])})"
                                for T, r in got.items() if T != max(got))
                 parts.append(f"{method} peak delta " + "/".join(f"{r['peak_delta_mib']:.1f}" for r in got.values())
-                             + f" MiB at T=" + "/".join(map(str, got)) + f": T={max(got)} {vs}")
+                             + " MiB at T=" + "/".join(map(str, got)) + f": T={max(got)} {vs}")
         bp = [by[("bptt", n, T)] for T in hs if "peak_delta_mib" in by.get(("bptt", n, T), {})]
         if len(bp) >= 2:
             slopes = ", ".join(f"T={r['horizon']}: {r['peak_delta_mib'] / r['horizon'] * 1024:.0f} KiB/step"

@@ -638,6 +638,12 @@ class ExpertStore:
             d["dirty"] = sum(1 for ent in self._experts if ent.hbm_dirty or ent.dram_dirty)
         return d
 
+    @property
+    def pinned_count(self) -> int:
+        """Experts pinned now (cheaper than :meth:`stats` for a caller sizing its chunks)."""
+        with self._cv:
+            return sum(1 for ent in self._experts if ent.pins)
+
     def tier_of(self, e: int) -> str:
         """``"hbm"``, ``"dram"`` or ``"nvme"``: the fastest tier holding expert ``e`` now."""
         with self._cv:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -321,7 +320,7 @@ class MoEELSTMCore(Core):
     # ------------------------------------------------------------------------------------- RTRL
     def _chunks(self, experts: list[int]):
         """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them."""
-        size = max(1, self.store.hbm_capacity - int(self.store.stats()["pinned"]))
+        size = max(1, self.store.hbm_capacity - self.store.pinned_count)
         for start in range(0, len(experts), size):
             ids = experts[start:start + size]
             yield ids, self.store.get(ids)
