@@ -26,6 +26,7 @@ TRAIN_FLAGS = [
     ("--frames-per-game", "schedule", "frames_per_game", int),
     ("--checkpoint-every", "schedule", "checkpoint_every", int),
     ("--log-every", "schedule", "log_every", float),
+    ("--switch-every", "schedule", "switch_every", int),
     ("--encoder", "model", "encoder", str),
     ("--core", "model", "core", str),
     ("--learning", "model", "learning", str),

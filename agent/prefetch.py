@@ -11,6 +11,7 @@ Prefetch modes (``--prefetch``), so the gain is measured rather than assumed:
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -51,22 +52,27 @@ def cohort_of(counts: np.ndarray, share: float, max_size: int) -> list[int]:
 
 
 class CohortPrefetcher:
-    """Keeps the current game's cohort pinned (and so prefetched) in the store's hbm tier."""
+    """Keeps the current game's cohort pinned (and so prefetched) in the store's hbm tier.
+
+    Thread-safe: the actor thread's detector and the evaluation both switch it."""
 
     def __init__(self, store: ExpertStore, cohorts: CohortMap):
         self.store, self.cohorts = store, cohorts
         self.game: int | None = None
         self.pinned: list[int] = []
         self.switches = 0
+        self._lock = threading.Lock()
 
-    def switch(self, game: int) -> None:
-        """The game is now ``game``: unpin the previous cohort, pin (prefetching) the new one."""
-        if game == self.game:
-            return
-        self.game = game
-        self.switches += 1
-        if self.pinned:
-            self.store.unpin(self.pinned)
-        self.pinned = self.cohorts.cohort(game)
-        if self.pinned:
-            self.store.pin(self.pinned)
+    def switch(self, game: int | None) -> None:
+        """The game is now ``game``: unpin the previous cohort, pin (prefetching) the new one
+        (None: pin nothing)."""
+        with self._lock:
+            if game == self.game:
+                return
+            self.game = game
+            self.switches += 1
+            if self.pinned:
+                self.store.unpin(self.pinned)
+            self.pinned = [] if game is None else self.cohorts.cohort(game)
+            if self.pinned:
+                self.store.pin(self.pinned)

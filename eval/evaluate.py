@@ -9,6 +9,7 @@ meets the same start states and sticky-action draws for the same actions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,8 +23,11 @@ from train.config import EnvConfig, EvalConfig
 
 @torch.inference_mode()
 def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: EvalConfig,
-                  device: torch.device) -> np.ndarray:
-    """Raw returns [episodes] of ``game`` played by ``model`` (sampled or greedy per ``eval_cfg``)."""
+                  device: torch.device, on_step: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+    """Raw returns [episodes] of ``game`` played by ``model`` (sampled or greedy per ``eval_cfg``).
+
+    ``on_step(game, frames)``, if given, is called after the policy acted on each step's frames
+    [episodes, 4, 84, 84] (a MoE run's expert traffic, ``train/detection.py``)."""
     K = eval_cfg.episodes
     env = make_env(game, K, seed=eval_cfg.seed + game_id(game), backend=env_cfg.backend,
                    sticky_action_prob=env_cfg.sticky_action_prob, max_episode_steps=env_cfg.max_episode_steps,
@@ -43,6 +47,8 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
                 game_id=torch.from_numpy(step.game_id).to(device).unsqueeze(0),
             )
             logits, _, state = model(inp, state)
+            if on_step is not None:
+                on_step(game, step.obs)
             if eval_cfg.greedy:
                 action = logits[0].argmax(-1)
             else:
@@ -59,8 +65,10 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
 
 
 def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eval_cfg: EvalConfig,
-                   device: torch.device) -> dict[str, tuple[float, float]]:
-    """{game: (mean raw return over the episodes, its normalised score)} for each of ``games``.
+                   device: torch.device, on_step: Callable[[str, np.ndarray], None] | None = None
+                   ) -> dict[str, tuple[float, float]]:
+    """{game: (mean raw return over the episodes, its normalised score)} for each of ``games``, in
+    order (``on_step`` as in :func:`evaluate_game`).
 
     The score is ``envs.registry.normalized_score(game, mean)`` (Atari: human-normalised); a failed
     episode (NaN return) makes the game's mean NaN, which every metric skips.
@@ -70,7 +78,7 @@ def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eva
     try:
         results = {}
         for game in games:
-            mean = float(np.mean(evaluate_game(model, game, env_cfg, eval_cfg, device)))
+            mean = float(np.mean(evaluate_game(model, game, env_cfg, eval_cfg, device, on_step)))
             results[game] = (mean, normalized_score(game, mean))
         return results
     finally:

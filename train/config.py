@@ -98,6 +98,8 @@ class ScheduleConfig:
     """Frames between periodic checkpoints (stage ends always checkpoint)."""
     log_every: float = 5.0
     """Seconds between TensorBoard scalar writes."""
+    switch_every: int = 0
+    """Stress schedule: every N frames training moves on to the next game of --games, cycling, inside every stage (0 = off: stage i trains game i only). Stages, checkpoints and evaluations stay where they are."""
 
 
 @dataclass
@@ -180,6 +182,11 @@ class RunConfig:
         """Learner updates in the whole run (a stage ends at the first update that reaches its frames)."""
         return len(self.env.games) * math.ceil(self.schedule.frames_per_game / self.frames_per_update())
 
+    def game_at(self, stage: int, total_frames: int) -> str:
+        """The game trained at run frame ``total_frames`` of ``stage`` (``--switch-every`` cycles the games)."""
+        games, every = self.env.games, self.schedule.switch_every
+        return games[(total_frames // every) % len(games)] if every else games[stage]
+
     def env_seed(self, total_frames: int) -> int:
         """Seed of the training envs started at ``total_frames`` (new streams on every stage and resume)."""
         return self.seed * 1_000_003 + total_frames
@@ -203,6 +210,11 @@ class RunConfig:
         for flag, value in {"--log-every": self.schedule.log_every, "--entropy-cost": self.learner.entropy_cost}.items():
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{flag} must be a finite number >= 0, got {value}")
+        if self.schedule.switch_every < 0:
+            raise UserError(f"--switch-every must be >= 0 frames (0 = off), got {self.schedule.switch_every}")
+        if 0 < self.schedule.switch_every < self.frames_per_update():
+            raise UserError(f"--switch-every ({self.schedule.switch_every}) must be at least one update's frames "
+                            f"(rollout length x num envs x 4 = {self.frames_per_update()})")
         if self.model.unroll < 0:
             raise UserError(f"--unroll must be >= 0 (0 = whole rollout), got {self.model.unroll}")
         if not self.env.games:

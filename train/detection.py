@@ -13,9 +13,17 @@ The cohort of a game comes from the MoE core's routing counts of the learner's r
 (``MoEELSTMCore.usage``, decayed). TensorBoard: ``detector/accuracy`` (share of raw per-step
 predictions equal to the true game in the window) and ``detector/switch_latency_steps`` (steps from
 the stage's first frame until the smoothed majority detection named the stage's game).
+
+Evaluation (:class:`EvalDetection`) plays every game of the schedule in turn, so it switches games
+the way a deployed agent would: the detector (a copy; it gets no label and does not learn) switches
+the prefetched cohort in ``detector`` mode, the oracle at each game's start, and every step demands
+the experts the policy routed to from the store, as an actor without a replica would. The store's
+counters over the evaluation become the ``eval/cache/*`` figures (``train/experts.py``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -83,3 +91,51 @@ class DetectorDriver:
             out["detector/switch_latency_steps"] = float(self.latency)
         self.correct = self.predicted = 0
         return out
+
+
+class EvalDetection:
+    """One evaluation's detector, prefetch and expert demands (see the module docstring)."""
+
+    def __init__(self, detector: GameDetector, classes: list[str], mode: str, prefetcher: CohortPrefetcher | None,
+                 core, evict_after_use: bool) -> None:
+        """``classes``: the schedule's distinct games (the detector's classes); ``core``: the MoE core
+        the evaluation acts with (its ``last_routing``) and whose store serves the demands."""
+        self.detector = copy.deepcopy(detector)  # the actor thread's detector may be learning meanwhile
+        self.classes, self.mode, self.prefetcher, self.core = classes, mode, prefetcher, core
+        self.evict_after_use = evict_after_use
+        self.restore = None if prefetcher is None else prefetcher.game
+        self.game: str | None = None
+        self.tracker: SwitchTracker | None = None
+        self.majority = -1
+        self.steps = self.correct = self.predicted = 0
+
+    def on_step(self, game: str, frames: np.ndarray) -> None:
+        """After the policy acted on ``frames`` [K, 4, 84, 84] of ``game``: detect, prefetch, demand."""
+        truth = self.classes.index(game)
+        if game != self.game:  # a new game's streams
+            self.game, self.tracker = game, SwitchTracker(frames.shape[0])
+            if self.mode == "oracle" and self.prefetcher is not None:
+                self.prefetcher.switch(truth)
+        with torch.no_grad():
+            prediction = self.detector.predict(frames).cpu()
+        self.correct += int((prediction == truth).sum())
+        self.predicted += prediction.numel()
+        detected, _ = self.tracker.update(prediction)
+        counts = torch.bincount(detected[detected >= 0], minlength=self.detector.num_classes)
+        majority = int(counts.argmax()) if counts.sum() > 0 else -1
+        if majority != self.majority and majority >= 0:
+            self.majority = majority
+            if self.mode == "detector" and self.prefetcher is not None:
+                self.prefetcher.switch(majority)
+        ids = torch.unique(self.core.last_routing).tolist()
+        self.core.store.get(ids)
+        self.core.store.release(ids)
+        if self.evict_after_use:
+            self.core.store.evict(ids)
+        self.steps += 1
+
+    def close(self) -> dict[str, float]:
+        """Hand the prefetcher back to the training game; returns ``eval/detector/accuracy``."""
+        if self.prefetcher is not None:
+            self.prefetcher.switch(self.restore)
+        return {"eval/detector/accuracy": self.correct / self.predicted} if self.predicted else {}

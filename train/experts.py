@@ -15,7 +15,9 @@ Figures (per logging window, from the store's counters; ``storage/stats.py`` def
     ``cache/hit_rate/hbm``, ``cache/hit_rate/dram``, ``cache/prefetch/{precision,coverage,timeliness}``
     (only once there are prefetches), ``cache/stall_ms_per_step`` (per learner update),
     ``cache/bytes/<link>``, and from the router's usage counts ``experts/nmi_game_expert`` and
-    ``experts/utilization_entropy`` (``train/expert_metrics.py``).
+    ``experts/utilization_entropy`` (``train/expert_metrics.py``). Every evaluation logs the same
+    ``cache/*`` figures of its own traffic under ``eval/cache/*`` (stall per env step), plus
+    ``eval/detector/accuracy``; they are left out of the training windows.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from storage.manifest import MANIFEST
 from storage.stats import LINKS, StoreCounters
 from train.config import RunConfig
 from train.expert_metrics import nmi_game_expert, utilization_entropy
-from train.detection import DetectorDriver, UsageCohorts
+from train.detection import DetectorDriver, EvalDetection, UsageCohorts
 from train.learner import Learner
 from train.run_dir import RunDir
 
@@ -56,6 +58,10 @@ class ExpertRun:
             return None
         cls = list(dict.fromkeys(cfg.env.games)).index(game)
         return DetectorDriver(self.detector, num_streams, cls, self.prefetch, self.prefetcher)
+
+    def eval_cache(self, cfg: RunConfig, model: ActorCritic) -> "EvalCache | None":
+        """The expert traffic of one evaluation (None without a store)."""
+        return None if self.store is None else EvalCache(self, cfg, model)
 
     def state_dict(self) -> dict | None:
         return None if self.detector is None else self.detector.state_dict()
@@ -118,40 +124,73 @@ def checkpoint_store(model: ActorCritic, learner: Learner, cfg: RunConfig, tag: 
     return tag
 
 
+def store_counts(store: ExpertStore) -> dict[str, float]:
+    """The store's cumulative counters (``storage/stats.py``)."""
+    stats = store.stats()
+    return {f.name: stats[f.name] for f in dataclasses.fields(StoreCounters)}
+
+
+def cache_scalars(d: dict[str, float], steps: int, prefix: str = "") -> dict[str, float]:
+    """``<prefix>cache/*`` scalars from counter differences ``d`` over ``steps`` steps (learner updates
+    in training, env steps in evaluation); rates without a denominator are left out."""
+    demand_loads = d["dram_hits"] + d["dram_misses"]
+    out = {
+        "cache/hit_rate/hbm": _ratio(d["hbm_hits"], d["hbm_hits"] + d["hbm_misses"]),
+        "cache/hit_rate/dram": _ratio(d["dram_hits"], demand_loads),
+        "cache/stall_ms_per_step": 1000.0 * d["stall_s"] / max(steps, 1),
+        **{f"cache/bytes/{link}": float(d[f"bytes_{link}"]) for link in LINKS},
+    }
+    if d["prefetch_issued"]:
+        out["cache/prefetch/precision"] = d["prefetch_used"] / d["prefetch_issued"]
+        out["cache/prefetch/coverage"] = _ratio(d["prefetch_used"], d["prefetch_used"] + demand_loads)
+        out["cache/prefetch/timeliness"] = _ratio(d["prefetch_used"] - d["prefetch_late"], d["prefetch_used"])
+    return {prefix + k: v for k, v in out.items() if math.isfinite(v)}
+
+
 class CacheWindow:
     """The store's counters since the previous :meth:`summary`, as TensorBoard scalars."""
 
     def __init__(self, model: ActorCritic) -> None:
         self.core = moe_core(model)
-        self.last = self._counts()
+        self.last = {} if self.core is None else store_counts(self.core.store)
 
-    def _counts(self) -> dict[str, float]:
-        if self.core is None:
-            return {}
-        stats = self.core.store.stats()
-        return {f.name: stats[f.name] for f in dataclasses.fields(StoreCounters)}
+    def exclude(self, counts: dict[str, float]) -> None:
+        """Leave counter differences ``counts`` (an evaluation's) out of the current window."""
+        for k, v in counts.items():
+            self.last[k] += v
 
     def summary(self, updates: int) -> dict[str, float]:
         """Scalars for the window that ``updates`` learner updates took (empty without a store)."""
         if self.core is None:
             return {}
-        now = self._counts()
+        now = store_counts(self.core.store)
         d = {k: now[k] - self.last[k] for k in now}
         self.last = now
-        demand_loads = d["dram_hits"] + d["dram_misses"]
-        out = {
-            "cache/hit_rate/hbm": _ratio(d["hbm_hits"], d["hbm_hits"] + d["hbm_misses"]),
-            "cache/hit_rate/dram": _ratio(d["dram_hits"], demand_loads),
-            "cache/stall_ms_per_step": 1000.0 * d["stall_s"] / max(updates, 1),
-            **{f"cache/bytes/{link}": float(d[f"bytes_{link}"]) for link in LINKS},
-            "experts/nmi_game_expert": nmi_game_expert(self.core.usage.cpu().numpy()),
-            "experts/utilization_entropy": utilization_entropy(self.core.usage.cpu().numpy()),
-        }
-        if d["prefetch_issued"]:
-            out["cache/prefetch/precision"] = d["prefetch_used"] / d["prefetch_issued"]
-            out["cache/prefetch/coverage"] = _ratio(d["prefetch_used"], d["prefetch_used"] + demand_loads)
-            out["cache/prefetch/timeliness"] = _ratio(d["prefetch_used"] - d["prefetch_late"], d["prefetch_used"])
-        return {k: v for k, v in out.items() if math.isfinite(v)}
+        usage = self.core.usage.cpu().numpy()
+        return {**cache_scalars(d, updates), "experts/nmi_game_expert": nmi_game_expert(usage),
+                "experts/utilization_entropy": utilization_entropy(usage)}
+
+
+class EvalCache:
+    """An evaluation's expert traffic (``train/detection.py``'s :class:`EvalDetection`) and its
+    ``eval/cache/*`` and ``eval/detector/accuracy`` figures."""
+
+    def __init__(self, xr: ExpertRun, cfg: RunConfig, model: ActorCritic) -> None:
+        core = moe_core(model)
+        self.store = core.store
+        self.before = store_counts(self.store)
+        self.detection = EvalDetection(xr.detector, list(dict.fromkeys(cfg.env.games)), xr.prefetch,
+                                       xr.prefetcher, core, evict_after_use=xr.prefetch == "none")
+        self.on_step = self.detection.on_step
+        self.counts: dict[str, float] = {}
+
+    def close(self) -> dict[str, float]:
+        """The evaluation's scalars; the prefetcher goes back to the training game. :attr:`counts`
+        then holds the evaluation's counter differences (for :meth:`CacheWindow.exclude`)."""
+        self.store.wait_idle()
+        now = store_counts(self.store)
+        self.counts = {k: now[k] - self.before[k] for k in now}
+        return {**cache_scalars(self.counts, self.detection.steps, prefix="eval/"), **self.detection.close()}
 
 
 def _ratio(a: float, b: float) -> float:

@@ -97,7 +97,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
         if not progress.evaluations:
             # The initial parameters: `run.py eval` recomputes the before row from this checkpoint.
             _save(ckpts, cfg, model, learner, xr, progress, "stage_000", keep=True)
-            _evaluate(cfg, model, progress, rd, logger, device, BEFORE)
+            _evaluate(cfg, model, progress, rd, logger, device, BEFORE, xr)
             _save(ckpts, cfg, model, learner, xr, progress, f"frames_{progress.total_frames:012d}")
         while progress.stage < len(cfg.env.games):
             if progress.stage_frames < cfg.schedule.frames_per_game:
@@ -105,7 +105,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
             # A run killed during the evaluation resumes from this checkpoint and redoes it; the
             # point is in no checkpoint until the one below, so it is recorded once.
             _save(ckpts, cfg, model, learner, xr, progress, f"stage_{progress.stage + 1:03d}", keep=True)
-            _evaluate(cfg, model, progress, rd, logger, device, STAGE)
+            _evaluate(cfg, model, progress, rd, logger, device, STAGE, xr)
             progress.stage += 1
             progress.stage_frames = 0
             _save(ckpts, cfg, model, learner, xr, progress, f"frames_{progress.total_frames:012d}")
@@ -121,7 +121,21 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
 def _train_stage(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: ExpertRun, progress: Progress,
                  ckpts: CheckpointManager, rd: RunDir, logger: Logger, device: torch.device,
                  show_progress: bool) -> None:
-    game = cfg.env.games[progress.stage]
+    """Train the current stage to its end: one segment, or with ``--switch-every`` one per game visit."""
+    bar = tqdm(total=cfg.schedule.frames_per_game, initial=progress.stage_frames, unit="frame", unit_scale=True,
+               desc=f"stage {progress.stage + 1}/{len(cfg.env.games)}", disable=not show_progress,
+               dynamic_ncols=True)
+    try:
+        while progress.stage_frames < cfg.schedule.frames_per_game:
+            _train_segment(cfg, model, learner, xr, progress, ckpts, rd, logger, device, bar)
+    finally:
+        bar.close()
+
+
+def _train_segment(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: ExpertRun, progress: Progress,
+                   ckpts: CheckpointManager, rd: RunDir, logger: Logger, device: torch.device, bar: tqdm) -> None:
+    """Train one game (``cfg.game_at``) until the stage ends or ``--switch-every`` moves to the next game."""
+    game = cfg.game_at(progress.stage, progress.total_frames)
     ec = cfg.env
     env = make_env(game, ec.num_envs, seed=cfg.env_seed(progress.total_frames), backend=ec.backend,
                    sticky_action_prob=ec.sticky_action_prob, max_episode_steps=ec.max_episode_steps,
@@ -133,21 +147,21 @@ def _train_stage(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: Exper
                   device, initial_version=learner.version, seed=cfg.env_seed(progress.total_frames),
                   on_frames=None if driver is None else driver.on_frames)
     frames_per_update = cfg.frames_per_update()
-    every = cfg.schedule.checkpoint_every
     window = _Window()
     cache = CacheWindow(model)
     recent: list[float] = []
-    bar = tqdm(total=cfg.schedule.frames_per_game, initial=progress.stage_frames, unit="frame", unit_scale=True,
-               desc=f"stage {progress.stage + 1}/{len(cfg.env.games)} {game}", disable=not show_progress,
-               dynamic_ncols=True)
+    bar.set_description(f"stage {progress.stage + 1}/{len(cfg.env.games)} {game}")
     actor.start()
     try:
-        while progress.stage_frames < cfg.schedule.frames_per_game:
+        while True:
             t0 = time.perf_counter()
             rollout = next_rollout(rollouts, actor)
             wait = time.perf_counter() - t0
             stats = learner.update(rollout)
-            last = progress.stage_frames + frames_per_update >= cfg.schedule.frames_per_game
+            stage_end = progress.stage_frames + frames_per_update >= cfg.schedule.frames_per_game
+            switch = bool(cfg.schedule.switch_every) and _crossed(
+                progress.total_frames + frames_per_update, frames_per_update, cfg.schedule.switch_every)
+            last = stage_end or switch
             if not last:
                 params.publish(learner.version, model, actor.stop_event)
             progress.stage_frames += frames_per_update
@@ -164,18 +178,21 @@ def _train_stage(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: Exper
                                 refresh=False)
                 window = _Window()
             bar.update(frames_per_update)
-            # The stage's end is evaluated (and checkpointed) by the caller. The periodic evaluation
-            # comes before the checkpoint of the same update, so that checkpoint holds its point.
-            if cfg.eval.every and not last and _crossed(progress.total_frames, frames_per_update, cfg.eval.every):
+            if stage_end:  # the stage's end is evaluated (and checkpointed) by the caller
+                break
+            # The periodic evaluation comes before the checkpoint of the same update, so that
+            # checkpoint holds its point.
+            if cfg.eval.every and _crossed(progress.total_frames, frames_per_update, cfg.eval.every):
                 t_eval = time.perf_counter()
-                _evaluate(cfg, model, progress, rd, logger, device, PERIODIC)
+                _evaluate(cfg, model, progress, rd, logger, device, PERIODIC, xr, cache)
                 window.start += time.perf_counter() - t_eval  # keep evaluation time out of SPS
-            if not last and _crossed(progress.total_frames, frames_per_update, every):
+            if _crossed(progress.total_frames, frames_per_update, cfg.schedule.checkpoint_every):
                 _save(ckpts, cfg, model, learner, xr, progress, f"frames_{progress.total_frames:012d}")
+            if switch:
+                break
     finally:
         actor.stop()
         actor.join(timeout=30)
-        bar.close()
         if actor.is_alive():
             raise RuntimeError("actor thread did not stop within 30 s")
         env.close()
@@ -224,23 +241,32 @@ class _Window:
 
 
 def _evaluate(cfg: RunConfig, model: ActorCritic, progress: Progress, rd: RunDir, logger: Logger,
-              device: torch.device, kind: str) -> None:
+              device: torch.device, kind: str, xr: ExpertRun, window: CacheWindow | None = None) -> None:
     """Evaluate every game of the schedule, append the point, rewrite the evaluation files and log.
 
     ``kind`` is ``before`` (initial parameters), ``periodic`` or ``stage`` (the end of the stage
     being trained). TensorBoard gets, at the current frame count, ``eval/return/<game>`` and
     ``eval/hns/<game>`` for every game and ``eval/avg_hns`` (their mean, the average performance);
     before and after a stage also ``eval/forgetting`` (the mean forgetting of the matrix so far,
-    when defined) and the images ``eval/forgetting_matrix`` and ``eval/curves``.
+    when defined) and the images ``eval/forgetting_matrix`` and ``eval/curves``. A MoE run also logs
+    the evaluation's expert traffic (``eval/cache/*``, ``eval/detector/accuracy``; ``train/experts.py``),
+    which is left out of the training cache ``window`` it interrupts.
     """
     columns = eval_columns(cfg.env.games)
     stage = 0 if kind == BEFORE else progress.stage + 1
     where = "before training" if kind == BEFORE else f"{kind} evaluation, stage {stage}, frame {progress.total_frames:,}"
     _say(f"{where}: evaluating {', '.join(columns)} ({cfg.eval.episodes} episodes each) ...")
-    results = evaluate_games(model, columns, cfg.env, cfg.eval, device)
+    traffic = xr.eval_cache(cfg, model)
+    try:
+        results = evaluate_games(model, columns, cfg.env, cfg.eval, device,
+                                 None if traffic is None else traffic.on_step)
+    finally:
+        cache_scalars = {} if traffic is None else traffic.close()
+    if window is not None and traffic is not None:
+        window.exclude(traffic.counts)
     progress.evaluations.append(eval_point(progress.total_frames, stage, kind, [results[g][0] for g in columns]))
     doc = _write_eval_files(cfg, progress, rd)
-    scalars = {}
+    scalars = dict(cache_scalars)
     for game, (ret, hns) in results.items():
         scalars[tags.eval_return(game)] = ret
         scalars[tags.eval_hns(game)] = hns

@@ -127,6 +127,8 @@ class MoEELSTMCore(Core):
         self.register_buffer("expert_F", torch.empty(E, N, D).uniform_(-bound, bound))
         self.register_buffer("expert_Z", torch.empty(E, N, D).uniform_(-bound, bound))
         self.store: ExpertStore | None = None
+        # Experts idx [T, B, k] of the latest forward pass (evaluation demands them from the store).
+        self.last_routing: torch.Tensor | None = None
         self.evict_after_use = False
         self.rmsprop = (0.99, 0.01)
         self.updates = 0
@@ -169,6 +171,7 @@ class MoEELSTMCore(Core):
                 game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """inputs [T, B, D] -> outputs [T, B, N], acting with the replica ``expert_F``/``expert_Z``."""
         idx, gates, _ = self.router(inputs, game_id)
+        self.last_routing = idx
         pre_F, pre_Z = self._preacts(inputs, idx, gates)
         keep = (~first).to(inputs.dtype).unsqueeze(-1)
         c = state[0]

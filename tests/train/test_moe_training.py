@@ -1,7 +1,8 @@
 """The MoE core in real training runs (envpool Atari, smoke sizes): experts cycling through the
 tiers of a real store (with detector prefetch), the same parameters as with every expert in hbm,
-the cache, expert and detector figures in TensorBoard, a SIGKILL + resume that rolls the store back
-to the checkpoint, and bad flags rejected with one line."""
+every cache, expert and detector figure in TensorBoard (training and evaluation) on a
+--switch-every stress run, a SIGKILL + resume that rolls the store back to the checkpoint, and bad
+flags rejected with one line."""
 
 from __future__ import annotations
 
@@ -53,20 +54,54 @@ def _initial_experts(run_dir) -> torch.Tensor:
     return CheckpointManager(run_dir).load(run_dir / "checkpoints" / "stage_000.pt")["model"]["core.expert_F"]
 
 
-def test_cache_and_expert_figures_reach_tensorboard(runs):
-    ea = EventAccumulator(str(runs[0] / "tb"))
+# A --switch-every stress run: 3 games with their own cohorts (game routing) cycling every 1280
+# frames through an hbm of 2 cohorts, so the detector's prefetches, evictions and reloads all happen.
+SWITCH = ["--preset", "smoke", "--games", "Pong,Breakout,SpaceInvaders", "--core", "moe", "--learning", "rtrl",
+          "--num-experts", "6", "--top-k", "2", "--routing", "game", "--hbm-experts", "4", "--dram-experts", "5",
+          "--prefetch", "detector", "--frames-per-game", "3840", "--switch-every", "1280", "--eval-every", "0",
+          "--no-progress"]
+CACHE_TAGS = ["cache/hit_rate/hbm", "cache/hit_rate/dram", "cache/stall_ms_per_step",
+              *(f"cache/prefetch/{x}" for x in ("precision", "coverage", "timeliness")),
+              *(f"cache/bytes/{link}" for link in ("nvme_to_dram", "dram_to_hbm", "hbm_to_dram", "dram_to_nvme"))]
+DETECTOR_TAGS = ["detector/accuracy", "detector/switch_latency_steps"]
+
+
+@pytest.fixture(scope="module")
+def switch_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("switch") / "run"
+    run_cli("train", *SWITCH, "--run-dir", str(run_dir), check=True)
+    return run_dir
+
+
+def test_every_cache_and_detector_figure_reaches_tensorboard(switch_run):
+    ea = EventAccumulator(str(switch_run / "tb"))
     ea.Reload()
     scalars = set(ea.Tags()["scalars"])
-    for tag in ("cache/hit_rate/hbm", "cache/hit_rate/dram", "cache/stall_ms_per_step", "experts/nmi_game_expert",
-                "experts/utilization_entropy", "experts/active", "detector/accuracy", "detector/switch_latency_steps",
-                *(f"cache/bytes/{link}" for link in ("nvme_to_dram", "dram_to_hbm", "hbm_to_dram", "dram_to_nvme"))):
+    expected = [*CACHE_TAGS, *DETECTOR_TAGS, "experts/nmi_game_expert", "experts/utilization_entropy",
+                "experts/active", *(f"eval/{t}" for t in CACHE_TAGS), "eval/detector/accuracy"]
+    for tag in expected:
         assert tag in scalars, tag
         values = [e.value for e in ea.Scalars(tag)]
         assert values and all(math.isfinite(v) for v in values), tag
-        if "hit_rate" in tag or "nmi" in tag or "entropy" in tag or "accuracy" in tag:
+        if any(x in tag for x in ("hit_rate", "prefetch/", "nmi", "entropy", "accuracy")):
             assert all(0.0 <= v <= 1.0 for v in values), tag
+        if "bytes" in tag or "stall" in tag or "latency" in tag:
+            assert all(v >= 0.0 for v in values), tag
     assert sum(e.value for e in ea.Scalars("cache/bytes/dram_to_nvme")) > 0  # experts went down to NVMe
+    assert sum(e.value for e in ea.Scalars("eval/cache/bytes/dram_to_hbm")) > 0  # evaluation moved experts too
+    # Once every game is known (the 3rd stage), the detector names each stream's game.
+    assert [e.value for e in ea.Scalars("eval/detector/accuracy")][-1] >= 0.99
     assert "experts/usage" in ea.Tags()["images"]
+
+
+def test_switch_every_cycles_the_games_inside_each_stage(switch_run):
+    """Game routing counts each game's steps in its own row: after stage 1 of a 3-game run every game
+    was trained (without --switch-every only the first would be), in equal shares."""
+    usage = CheckpointManager(switch_run).load(switch_run / "checkpoints" / "stage_001.pt")["model"]["core.usage"]
+    per_game = usage.sum(dim=1)
+    assert (per_game > 0).all(), per_game
+    # Decayed counts: the most recent game weighs most, but no game is far behind in a 3-visit stage.
+    assert per_game.min() > 0.2 * per_game.max(), per_game
 
 
 def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
@@ -87,6 +122,8 @@ def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     (["--learning", "tbptt"], "--core moe trains its experts by exact RTRL"),
     (["--hbm-experts", "3"], "--prefetch detector pins a game's cohort of at least --top-k (2) experts"),
     (["--core", "elstm", "--prefetch", "oracle"], "--prefetch oracle prefetches MoE experts: it needs --core moe"),
+    (["--switch-every", "-5"], "--switch-every must be >= 0 frames"),
+    (["--switch-every", "100"], "--switch-every (100) must be at least one update's frames"),
 ])
 def test_bad_moe_flags_are_one_line_errors(tmp_path, flags, message):
     proc = run_cli("train", *MOE, *SMALL, *flags, "--run-dir", str(tmp_path / "r"))
