@@ -36,6 +36,7 @@ TRAIN_FLAGS = [
     ("--num-experts", "model", "num_experts", int),
     ("--top-k", "model", "top_k", int),
     ("--routing", "model", "routing", str),
+    ("--balance-cost", "model", "balance_cost", float),
     ("--hbm-experts", "store", "hbm_experts", int),
     ("--dram-experts", "store", "dram_experts", int),
     ("--prefetch", "store", "prefetch", str),
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--allow-config-change", action="store_true",
                     help="with --resume, accept flags that change the saved config")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
+    tr.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
+                    help="under torchrun: seconds a rank waits in a collective for the others before the job "
+                         "stops (rank 0's evaluations pause the others; default: %(default)s)")
 
     ev = sub.add_parser("eval", help="evaluate a run's stage checkpoints and write eval/forgetting.*, "
                                      "or compare finished runs (--compare)")
@@ -134,13 +138,19 @@ def _diag_help(name: str) -> str:
     return flag_help(name)
 
 
-def resolve_train_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
-    """The preset (or, with --resume, the saved config) with the given flags applied."""
+def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfig, Path]:
+    """The preset (or, with --resume, the saved config) with the given flags applied. In a
+    distributed ``world`` the run dir and the saved config are rank 0's; the flags are each rank's own
+    (``train/distributed.py`` compares the resulting configs)."""
+    from train.distributed import World
     from train.run_dir import RunDir
 
-    run_dir = args.run_dir or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    world = world or World()
+    run_dir = world.broadcast(args.run_dir or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     rd = RunDir(run_dir)
-    cfg = rd.read_config() if args.resume and rd.exists() else preset(args.preset)
+    saved = world.on_rank0(lambda: rd.read_config().to_dict() if args.resume and rd.exists() else None)
+    saved = world.broadcast(saved)
+    cfg = RunConfig.from_dict(saved) if saved is not None else preset(args.preset)
     for flag, section, name, kind in TRAIN_FLAGS:
         raw = getattr(args, flag.lstrip("-").replace("-", "_"))
         if raw is None:
@@ -168,13 +178,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     from train.config import resolve_device
     from train.schedule import train
 
-    cfg, run_dir = resolve_train_config(args)
-    cfg.validate()
-    cfg.eval.validate()
-    resolve_device(cfg.device)
-    print(f"run dir: {run_dir}", flush=True)
-    train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
-          show_progress=not args.no_progress)
+    from train.distributed import World
+
+    if args.dist_timeout <= 0:
+        raise UserError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    world = World.from_environment(args.device or "auto", args.dist_timeout)
+    try:
+        cfg, run_dir = resolve_train_config(args, world)
+        cfg.validate()
+        cfg.eval.validate()
+        resolve_device(cfg.device)
+        if world.main:
+            print(f"run dir: {run_dir}" + (f" ({world.size} ranks)" if world.size > 1 else ""), flush=True)
+        train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
+              show_progress=not args.no_progress, world=world)
+    except UserError as e:
+        e.quiet = e.quiet or not world.main  # rank 0 says it once
+        raise
+    finally:
+        world.close()
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -232,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Throughput of the default preset, in three rows that peel the pipeline apart.
 
 All rows use ``train.config.preset("default")``: its first game, ``num_envs`` env streams, rollout
-length T and network (Nature CNN + LSTM on a CPU). One agent step is one action in one stream;
+length T and network (Nature CNN + MoE eLSTM learning by RTRL, its experts in a store in a temporary
+directory with the preset's tiers). One agent step is one action in one stream;
 frames = agent steps x frame skip 4.
 
 ``env_random``  the vectorized env alone (``envs.registry.make_env``, envpool in sync mode, the thin
@@ -27,8 +28,11 @@ rollouts for ``seconds``. Split fields: ``<part>_s`` = seconds per rollout (= pe
 from __future__ import annotations
 
 import copy
+import os
 import queue
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +43,9 @@ from envs.memory import MEMORY_TASKS
 from envs.registry import make_env
 from train.actor import Actor, ParamChannel, Rollout, next_rollout
 from train.config import RunConfig, preset, resolve_device
+from train.experts import open_store
 from train.learner import Learner
+from train.run_dir import RunDir
 
 WARMUP_SECONDS = 1.5
 """Untimed run before each row's measurement (allocator, thread pools, env resets)."""
@@ -146,6 +152,16 @@ def _actor_only(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
 def _train(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
     model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(device)
     learner = Learner(model, cfg, device)
+    with tempfile.TemporaryDirectory(prefix=".bench-throughput-", dir=os.getcwd()) as work:
+        store = open_store(cfg, model, learner, RunDir(Path(work)), device, snapshot=None)  # MoE core: its experts
+        try:
+            return _train_with(cfg, model, learner, device, seconds)
+        finally:
+            if store is not None:
+                store.close()
+
+
+def _train_with(cfg: RunConfig, model: ActorCritic, learner: Learner, device: torch.device, seconds: float) -> dict:
     env = _make_env(cfg, 2)
     rollouts: queue.Queue = queue.Queue(maxsize=1)
     params = ParamChannel()

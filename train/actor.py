@@ -73,16 +73,19 @@ class Actor(threading.Thread):
 
     def __init__(self, env: AtariVecEnv, model: ActorCritic, rollout_length: int, reward_clip: float,
                  rollouts: queue.Queue, params: ParamChannel, device: torch.device, initial_version: int, seed: int,
-                 on_frames: Callable[[np.ndarray], None] | None = None):
+                 on_frames: Callable[[np.ndarray], None] | None = None, first_stream: int = 0):
         """``on_frames``: called with every step's frames [B, 4, 84, 84] before acting (the game
-        detector, ``train/detection.py``); its time counts as acting time."""
+        detector, ``train/detection.py``); its time counts as acting time. ``first_stream``: the
+        index of stream 0 among all ranks' streams (``train/distributed.py``)."""
         super().__init__(name="actor", daemon=True)
         self.env, self.model, self.T = env, model, rollout_length
         self.reward_clip = reward_clip
         self.rollouts, self.params, self.device = rollouts, params, device
         self.version = initial_version
-        # Its own generator: the global torch RNG is the learner's (and is saved in checkpoints).
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        # One generator per stream, seeded by the stream's index among all ranks' streams, so that a
+        # stream samples the same actions however the streams are split between ranks (and the
+        # global torch RNG stays the learner's, saved in checkpoints).
+        self.generators = [torch.Generator().manual_seed(seed + first_stream + b) for b in range(env.num_envs)]
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.on_frames = on_frames
@@ -130,7 +133,7 @@ class Actor(threading.Thread):
             game_id=torch.from_numpy(step.game_id).to(self.device).unsqueeze(0),
         )
         logits, _, state_out = self.model(inp, state)
-        action = torch.multinomial(torch.softmax(logits[0], -1), 1, generator=self.generator).squeeze(-1)
+        action = _sample(torch.softmax(logits[0], -1), self.generators)
         return {"step": step, "prev_action": prev_action, "state_in": state, "state_out": state_out,
                 "logits": logits[0], "action": action}
 
@@ -196,3 +199,10 @@ def _get(q: queue.Queue, stop: threading.Event):
         except queue.Empty:
             continue
     return None
+
+
+def _sample(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One action per stream from probs [B, A] by inverse CDF, stream b's uniform from ``generators[b]``."""
+    u = torch.cat([torch.rand(1, generator=g) for g in generators]).to(probs.device, probs.dtype)
+    action = torch.searchsorted(probs.cumsum(-1), u.unsqueeze(-1), right=True).squeeze(-1)
+    return action.clamp(max=probs.shape[-1] - 1)  # u above a rounded-down last cdf entry

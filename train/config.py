@@ -271,11 +271,24 @@ class RunConfig:
 
 
 def _preset_default() -> RunConfig:
-    """`make run`: two Atari games in sequence, about 10 minutes on a 2-core CPU."""
+    """`make run`, the full system in about 10 minutes on a 2-core CPU: three Atari games in sequence,
+    the MoE eLSTM trained by exact RTRL, its experts in the tiered store with an hbm of two cohorts
+    (so every stage and every evaluation moves experts between the tiers), detector prefetch, and
+    the forgetting evaluation. Game routing gives each game its own cohort of --top-k experts; the
+    learned router's per-game balance loss spreads a game over every expert, which an hbm smaller
+    than --num-experts cannot cache."""
     cfg = RunConfig()
-    cfg.env.games = ["Pong", "Breakout"]
-    cfg.schedule.frames_per_game = 800_000
-    cfg.schedule.checkpoint_every = 400_000
+    cfg.env.games = ["Pong", "Breakout", "SpaceInvaders"]
+    cfg.model.core = "moe"
+    cfg.model.learning = "rtrl"
+    cfg.model.num_experts = 8
+    cfg.model.top_k = 2
+    cfg.model.routing = "game"
+    cfg.store.hbm_experts = 4
+    cfg.store.dram_experts = 5
+    cfg.store.prefetch = "detector"
+    cfg.schedule.frames_per_game = 400_000
+    cfg.schedule.checkpoint_every = 200_000
     cfg.eval.every = 200_000
     return cfg
 

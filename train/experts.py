@@ -26,6 +26,7 @@ import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,7 @@ from storage.manifest import MANIFEST
 from storage.stats import LINKS, StoreCounters
 from train.config import RunConfig
 from train.expert_metrics import nmi_game_expert, utilization_entropy
+from train.distributed import World
 from train.detection import DetectorDriver, EvalDetection, UsageCohorts
 from train.learner import Learner
 from train.run_dir import RunDir
@@ -102,16 +104,22 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
     if core is None:
         return None
     st = cfg.store
+    directory = expert_dir(rd, learner.world)
     if snapshot is None:
-        if (rd.experts / MANIFEST).exists():  # a killed attempt that never checkpointed: start over
-            shutil.rmtree(rd.experts)
-        store = core.create_store(rd.experts, cfg.env.num_envs, st.hbm_experts, st.dram_experts, device,
-                                  io_threads=st.io_threads)
+        if (directory / MANIFEST).exists():  # a killed attempt that never checkpointed: start over
+            shutil.rmtree(directory)
+        streams = learner.world.local_envs(cfg.env.num_envs)
+        store = core.create_store(directory, streams, st.hbm_experts, st.dram_experts, device, io_threads=st.io_threads)
     else:
-        store = ExpertStore.open(rd.experts, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
+        store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
                                  io_threads=st.io_threads)
     core.attach_store(store, cfg.learner.rmsprop_alpha, cfg.learner.rmsprop_eps)
     return store
+
+
+def expert_dir(rd: RunDir, world: World) -> Path:
+    """This rank's store: ``<run_dir>/experts`` alone, ``<run_dir>/experts/rank<r>`` in a world of several."""
+    return rd.experts if world.size == 1 else rd.experts / f"rank{world.rank}"
 
 
 def checkpoint_store(model: ActorCritic, learner: Learner, cfg: RunConfig, tag: str) -> str | None:
@@ -148,7 +156,7 @@ def cache_scalars(d: dict[str, float], steps: int, prefix: str = "") -> dict[str
 
 
 class CacheWindow:
-    """The store's counters since the previous :meth:`summary`, as TensorBoard scalars."""
+    """The store's counters since the previous :meth:`take` (one logging window of one rank)."""
 
     def __init__(self, model: ActorCritic) -> None:
         self.core = moe_core(model)
@@ -159,13 +167,19 @@ class CacheWindow:
         for k, v in counts.items():
             self.last[k] += v
 
-    def summary(self, updates: int) -> dict[str, float]:
-        """Scalars for the window that ``updates`` learner updates took (empty without a store)."""
+    def take(self) -> dict[str, float]:
+        """The counter differences since the previous call (empty without a store)."""
         if self.core is None:
             return {}
         now = store_counts(self.core.store)
         d = {k: now[k] - self.last[k] for k in now}
         self.last = now
+        return d
+
+    def scalars(self, d: dict[str, float], updates: int) -> dict[str, float]:
+        """``cache/*`` for counter differences ``d`` over ``updates`` learner updates (summed over the
+        ranks by the caller in a distributed run) and ``experts/*`` from the routing counts (the same
+        on every rank)."""
         usage = self.core.usage.cpu().numpy()
         return {**cache_scalars(d, updates), "experts/nmi_game_expert": nmi_game_expert(usage),
                 "experts/utilization_entropy": utilization_entropy(usage)}

@@ -21,12 +21,17 @@ import torch.nn.functional as F
 from agent.model import ActorCritic, Inputs
 from train.actor import Rollout
 from train.config import RunConfig
+from train.distributed import World
 from train.vtrace import vtrace
 
 
 class Learner:
-    def __init__(self, model: ActorCritic, cfg: RunConfig, device: torch.device):
+    def __init__(self, model: ActorCritic, cfg: RunConfig, device: torch.device, world: World | None = None):
+        """``world``: the ranks whose gradients are summed (``train/distributed.py``; None = this
+        process alone), each with ``cfg.env.num_envs / world.size`` of the streams."""
         self.model, self.cfg, self.device = model, cfg, device
+        self.world = world or World()
+        model.core.world = self.world
         lc = cfg.learner
         self.optimizer = torch.optim.RMSprop(model.parameters(), lr=lc.learning_rate, alpha=lc.rmsprop_alpha,
                                              eps=lc.rmsprop_eps, momentum=lc.rmsprop_momentum)
@@ -35,11 +40,12 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda update: max(0.0, 1.0 - update / total_updates))
         self.version = 0
-        self.carry: Any = model.core.learner_carry(cfg.env.num_envs, device)
+        self.carry: Any = model.core.learner_carry(self.world.local_envs(cfg.env.num_envs), device)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         """One optimizer step on ``rollout``; returns the scalars to log."""
         t0 = time.perf_counter()
+        reduced = self.world.bytes_reduced
         lc = self.cfg.learner
         r = _to_device(rollout, self.device)
         clipped = r.reward.clamp(-self.cfg.env.reward_clip, self.cfg.env.reward_clip)
@@ -64,19 +70,26 @@ class Learner:
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         entropy_loss = -(entropy * mask).sum()
         total = pg_loss + lc.baseline_cost * value_loss + lc.entropy_cost * entropy_loss
-        if lc.loss_reduction == "mean":
-            total = total / mask.sum().clamp(min=1.0)
-
         aux = core.learner_aux_loss(context)
         if aux is not None:
-            total = total + (aux / mask.sum().clamp(min=1.0) if lc.loss_reduction == "mean" else aux)
+            total = total + aux
+        if lc.loss_reduction == "mean":  # over the valid steps of every rank's streams
+            valid_steps = mask.sum().detach().reshape(1)
+            self.world.all_reduce_sum([valid_steps])
+            total = total / valid_steps.clamp(min=1.0)[0]
 
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.carry = core.learner_after_backward(context)
         # One global norm over the dense gradients and those the core keeps itself (experts in a store),
         # scaled as torch.nn.utils.clip_grad_norm_ does.
+        # This rank's loss is its share of the global batch's: summed over the ranks, the gradients
+        # are the global batch's, the same on every rank (dense first, then the agreed experts').
+        for p in self.model.parameters():
+            if p.grad is None and self.world.size > 1:
+                p.grad = torch.zeros_like(p)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None] + core.learner_grads()
+        self.world.all_reduce_sum(grads)
         grad_norm = torch.nn.utils.get_total_norm(grads)
         scale = torch.clamp(lc.grad_norm_clip / (grad_norm + 1e-6), max=1.0)
         for g in grads:
@@ -93,6 +106,7 @@ class Learner:
             "stats/policy_lag": float(self.version - 1 - rollout.param_version),
             "stats/learn_time": time.perf_counter() - t0,
             **self.model.core.learner_stats(),
+            **({"dist/allreduce_bytes": float(self.world.bytes_reduced - reduced)} if self.world.size > 1 else {}),
         }
 
     def state_dict(self) -> dict:

@@ -85,15 +85,20 @@ def eval_hns(game: str) -> str:
 class Logger:
     """A TensorBoard writer under ``<run_dir>/tb``; step = total frames."""
 
-    def __init__(self, tb_dir: Path, purge_step: int | None = None):
+    def __init__(self, tb_dir: Path, purge_step: int | None = None, enabled: bool = True):
+        """``enabled=False`` (the ranks other than 0 of a distributed run) writes nothing."""
+        self._writer = None
+        if not enabled:
+            return
         try:
             self._writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge_step)
         except OSError as e:
             raise UserError(f"cannot write TensorBoard logs to {tb_dir}: {e.strerror}") from None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, step)
+        if self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, step)
 
     def png(self, tag: str, data: bytes, step: int) -> None:
         """Log a PNG image (e.g. a plot already written to the run dir) under ``tag``."""
@@ -101,10 +106,13 @@ class Logger:
 
         from matplotlib.image import imread
 
-        self._writer.add_image(tag, imread(io.BytesIO(data), format="png"), step, dataformats="HWC")
+        if self._writer is not None:
+            self._writer.add_image(tag, imread(io.BytesIO(data), format="png"), step, dataformats="HWC")
 
     def flush(self) -> None:
-        self._writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

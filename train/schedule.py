@@ -17,6 +17,12 @@ checkpoint's frame count. An evaluation a killed attempt took after its checkpoi
 frame count, so the history is neither lost nor duplicated. The env streams restart their episodes
 on resume (emulator states are not saved), with a seed that depends on the frame count so a
 resumed stage does not replay the episodes it started with.
+
+Under torchrun (``train/distributed.py``) every rank runs this same loop on its share of the env
+streams, in lockstep (the schedule is global: all ranks train the same game at the same frame
+count). Rank 0 alone writes checkpoints, TensorBoard, the evaluation and the console; every rank
+commits its own expert store's snapshot at each checkpoint, and a resumed run broadcasts rank 0's
+checkpoint to every rank.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from agent.model import ActorCritic
-from envs.atari import FRAME_SKIP, NUM_ACTIONS
+from envs.atari import NUM_ACTIONS
 from envs.registry import make_env
 from eval import curves
 from eval.curves import BEFORE, PERIODIC, STAGE, eval_columns, eval_point, matrix_returns
@@ -45,9 +51,10 @@ from storage.checkpoint import CheckpointManager
 from train import logger as tags
 from train.actor import Actor, ParamChannel, Rollout, next_rollout
 from train.config import RunConfig, resolve_device
+from train.distributed import World, replica_checksum
 from train.errors import UserError
 from train.expert_metrics import usage_png
-from train.experts import CacheWindow, ExpertRun, checkpoint_store, moe_core, start_experts
+from train.experts import CacheWindow, ExpertRun, cache_scalars, checkpoint_store, moe_core, start_experts
 from train.learner import Learner
 from train.logger import Logger
 from train.run_dir import RunDir
@@ -67,89 +74,129 @@ class Progress:
     """Every evaluation so far, in order: points ``{"frames", "stage", "kind", "returns"}`` (``eval/curves.py``)."""
 
 
+@dataclass
+class _Run:
+    """What every stage of one run works with."""
+
+    cfg: RunConfig
+    model: ActorCritic
+    learner: Learner
+    xr: ExpertRun
+    ckpts: CheckpointManager
+    rd: RunDir
+    logger: Logger
+    device: torch.device
+    world: World
+    show_progress: bool
+
+
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_change: bool = False,
-          show_progress: bool = True) -> Progress:
-    """Train the schedule of ``cfg`` in ``run_dir`` (new, or resumed from its latest checkpoint)."""
+          show_progress: bool = True, world: World | None = None) -> Progress:
+    """Train the schedule of ``cfg`` in ``run_dir`` (new, or resumed from its latest checkpoint), as
+    one rank of ``world`` (None: this process alone)."""
+    world = world or World()
     cfg.validate()
     cfg.eval.validate()
-    device = resolve_device(cfg.device)
+    _check_world(cfg, world)
+    device = world.device(resolve_device(cfg.device))
+    world.limit_threads()
     rd = RunDir(Path(run_dir))
-    rd.start(cfg, resume, allow_config_change)
+    world.on_rank0(lambda: rd.start(cfg, resume, allow_config_change))
     _seed_everything(cfg.seed)
 
     model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(device)
-    learner = Learner(model, cfg, device)
+    learner = Learner(model, cfg, device, world)
     ckpts = CheckpointManager(rd.root)
     progress = Progress()
     # RNG states must stay on the CPU; load_state_dict moves model and optimizer tensors to the device.
-    state = ckpts.load_latest(map_location="cpu") if resume else None
+    state = world.on_rank0(lambda: ckpts.load_latest(map_location="cpu") if resume else None)
+    if resume and world.size > 1:
+        state = world.broadcast(state)
     if state is not None:
+        if state.get("world_size", 1) != world.size:
+            world.fail(f"this run was trained by {state.get('world_size', 1)} rank(s); resume it with the same "
+                         f"world size, not {world.size}")
         progress = _restore(state, model, learner)
-        print(f"resuming from {ckpts.latest_path()} at frame {progress.total_frames:,} "
-              f"(stage {progress.stage + 1}/{len(cfg.env.games)})", flush=True)
-        if progress.evaluations:  # drop what a killed attempt evaluated after its checkpoint
-            _write_eval_files(cfg, progress, rd)
+        if world.main:
+            print(f"resuming from {ckpts.latest_path()} at frame {progress.total_frames:,} "
+                  f"(stage {progress.stage + 1}/{len(cfg.env.games)})", flush=True)
+            if progress.evaluations:  # drop what a killed attempt evaluated after its checkpoint
+                _write_eval_files(cfg, progress, rd)
     xr = start_experts(cfg, model, learner, rd, device, state)
     # Drop what a killed attempt logged after its checkpoint (steps > F); a restart without a
     # checkpoint drops everything. Steps <= F were logged before the checkpoint was saved.
-    logger = Logger(rd.tb, purge_step=progress.total_frames + 1 if state is not None else 0)
+    logger = Logger(rd.tb, purge_step=progress.total_frames + 1 if state is not None else 0, enabled=world.main)
+    run = _Run(cfg, model, learner, xr, ckpts, rd, logger, device, world, show_progress and world.main)
     try:
         if not progress.evaluations:
             # The initial parameters: `run.py eval` recomputes the before row from this checkpoint.
-            _save(ckpts, cfg, model, learner, xr, progress, "stage_000", keep=True)
-            _evaluate(cfg, model, progress, rd, logger, device, BEFORE, xr)
-            _save(ckpts, cfg, model, learner, xr, progress, f"frames_{progress.total_frames:012d}")
+            _save(run, progress, "stage_000", keep=True)
+            _evaluate(run, progress, BEFORE)
+            _save(run, progress, f"frames_{progress.total_frames:012d}")
         while progress.stage < len(cfg.env.games):
             if progress.stage_frames < cfg.schedule.frames_per_game:
-                _train_stage(cfg, model, learner, xr, progress, ckpts, rd, logger, device, show_progress)
+                _train_stage(run, progress)
             # A run killed during the evaluation resumes from this checkpoint and redoes it; the
             # point is in no checkpoint until the one below, so it is recorded once.
-            _save(ckpts, cfg, model, learner, xr, progress, f"stage_{progress.stage + 1:03d}", keep=True)
-            _evaluate(cfg, model, progress, rd, logger, device, STAGE, xr)
+            _save(run, progress, f"stage_{progress.stage + 1:03d}", keep=True)
+            _evaluate(run, progress, STAGE)
             progress.stage += 1
             progress.stage_frames = 0
-            _save(ckpts, cfg, model, learner, xr, progress, f"frames_{progress.total_frames:012d}")
-            _log_expert_usage(cfg, model, logger, progress)
+            _save(run, progress, f"frames_{progress.total_frames:012d}")
+            _log_expert_usage(run, progress)
     finally:
         logger.close()
         xr.close()
-    print(f"done: {progress.total_frames:,} frames. TensorBoard: tensorboard --logdir {rd.tb}  "
-          f"forgetting table: {rd.eval / 'forgetting.csv'}", flush=True)
+    if world.main:
+        print(f"done: {progress.total_frames:,} frames. TensorBoard: tensorboard --logdir {rd.tb}  "
+              f"forgetting table: {rd.eval / 'forgetting.csv'}", flush=True)
     return progress
 
 
-def _train_stage(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: ExpertRun, progress: Progress,
-                 ckpts: CheckpointManager, rd: RunDir, logger: Logger, device: torch.device,
-                 show_progress: bool) -> None:
+def _check_world(cfg: RunConfig, world: World) -> None:
+    """Settings a multi-rank run cannot take, then the same config on every rank (a hash compared)."""
+    if cfg.env.num_envs % world.size:
+        world.fail(f"--num-envs ({cfg.env.num_envs}) must be a multiple of the world size ({world.size}): "
+                     "every rank runs the same number of env streams")
+    if world.size > 1 and cfg.model.core == "moe" and cfg.model.rtrl_form == "step":
+        world.fail("--rtrl-form step is the single-process reference: a distributed MoE run uses the segment form")
+    world.check_config(cfg.to_json())
+
+
+def _train_stage(run: _Run, progress: Progress) -> None:
     """Train the current stage to its end: one segment, or with ``--switch-every`` one per game visit."""
+    cfg = run.cfg
     bar = tqdm(total=cfg.schedule.frames_per_game, initial=progress.stage_frames, unit="frame", unit_scale=True,
-               desc=f"stage {progress.stage + 1}/{len(cfg.env.games)}", disable=not show_progress,
+               desc=f"stage {progress.stage + 1}/{len(cfg.env.games)}", disable=not run.show_progress,
                dynamic_ncols=True)
     try:
         while progress.stage_frames < cfg.schedule.frames_per_game:
-            _train_segment(cfg, model, learner, xr, progress, ckpts, rd, logger, device, bar)
+            _train_segment(run, progress, bar)
     finally:
         bar.close()
 
 
-def _train_segment(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: ExpertRun, progress: Progress,
-                   ckpts: CheckpointManager, rd: RunDir, logger: Logger, device: torch.device, bar: tqdm) -> None:
-    """Train one game (``cfg.game_at``) until the stage ends or ``--switch-every`` moves to the next game."""
+def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
+    """Train one game (``cfg.game_at``) until the stage ends or ``--switch-every`` moves to the next game.
+
+    This rank steps its own streams, ``first_stream`` onwards of the world's ``num_envs``: their
+    env seeds and action samplers follow from their index among all ranks' streams."""
+    cfg, world = run.cfg, run.world
     game = cfg.game_at(progress.stage, progress.total_frames)
     ec = cfg.env
-    env = make_env(game, ec.num_envs, seed=cfg.env_seed(progress.total_frames), backend=ec.backend,
-                   sticky_action_prob=ec.sticky_action_prob, max_episode_steps=ec.max_episode_steps,
-                   num_threads=ec.num_threads)
+    streams, first = world.local_envs(ec.num_envs), world.first_stream(ec.num_envs)
+    seed = cfg.env_seed(progress.total_frames)
+    env = make_env(game, streams, seed=seed + first, backend=ec.backend, sticky_action_prob=ec.sticky_action_prob,
+                   max_episode_steps=ec.max_episode_steps, num_threads=ec.num_threads)
     rollouts: queue.Queue = queue.Queue(maxsize=1)
     params = ParamChannel()
-    driver = xr.driver(cfg, game, ec.num_envs)
-    actor = Actor(env, copy.deepcopy(model), cfg.learner.rollout_length, ec.reward_clip, rollouts, params,
-                  device, initial_version=learner.version, seed=cfg.env_seed(progress.total_frames),
-                  on_frames=None if driver is None else driver.on_frames)
+    driver = run.xr.driver(cfg, game, streams)
+    actor = Actor(env, copy.deepcopy(run.model), cfg.learner.rollout_length, ec.reward_clip, rollouts, params,
+                  run.device, initial_version=run.learner.version, seed=seed,
+                  on_frames=None if driver is None else driver.on_frames, first_stream=first)
     frames_per_update = cfg.frames_per_update()
     window = _Window()
-    cache = CacheWindow(model)
-    recent: list[float] = []
+    cache = CacheWindow(run.model)
     bar.set_description(f"stage {progress.stage + 1}/{len(cfg.env.games)} {game}")
     actor.start()
     try:
@@ -157,25 +204,18 @@ def _train_segment(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: Exp
             t0 = time.perf_counter()
             rollout = next_rollout(rollouts, actor)
             wait = time.perf_counter() - t0
-            stats = learner.update(rollout)
+            stats = run.learner.update(rollout)
             stage_end = progress.stage_frames + frames_per_update >= cfg.schedule.frames_per_game
             switch = bool(cfg.schedule.switch_every) and _crossed(
                 progress.total_frames + frames_per_update, frames_per_update, cfg.schedule.switch_every)
             last = stage_end or switch
             if not last:
-                params.publish(learner.version, model, actor.stop_event)
+                params.publish(run.learner.version, run.model, actor.stop_event)
             progress.stage_frames += frames_per_update
             progress.total_frames += frames_per_update
-            for ret, length in rollout.episodes:
-                logger.scalars({tags.episodic_return(game): ret, tags.episode_length(game): length},
-                               progress.total_frames)
-                recent = (recent + [ret])[-20:]
-            window.add(rollout, stats, wait, frames_per_update // FRAME_SKIP)
-            if window.elapsed() >= cfg.schedule.log_every or last:
-                detector = {} if driver is None else driver.stats()
-                logger.scalars({**window.summary(progress), **cache.summary(window.n), **detector}, progress.total_frames)
-                bar.set_postfix(SPS=f"{window.sps():.0f}", ret=f"{np.mean(recent):.1f}" if recent else "-",
-                                refresh=False)
+            window.add(rollout, stats, wait, streams * cfg.learner.rollout_length, progress.total_frames)
+            if world.any(window.elapsed() >= cfg.schedule.log_every or last):  # rank 0's clock decides
+                _log_window(run, progress, game, window, cache, driver, bar)
                 window = _Window()
             bar.update(frames_per_update)
             if stage_end:  # the stage's end is evaluated (and checkpointed) by the caller
@@ -184,10 +224,10 @@ def _train_segment(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: Exp
             # checkpoint holds its point.
             if cfg.eval.every and _crossed(progress.total_frames, frames_per_update, cfg.eval.every):
                 t_eval = time.perf_counter()
-                _evaluate(cfg, model, progress, rd, logger, device, PERIODIC, xr, cache)
+                _evaluate(run, progress, PERIODIC, cache)
                 window.start += time.perf_counter() - t_eval  # keep evaluation time out of SPS
             if _crossed(progress.total_frames, frames_per_update, cfg.schedule.checkpoint_every):
-                _save(ckpts, cfg, model, learner, xr, progress, f"frames_{progress.total_frames:012d}")
+                _save(run, progress, f"frames_{progress.total_frames:012d}")
             if switch:
                 break
     finally:
@@ -196,16 +236,45 @@ def _train_segment(cfg: RunConfig, model: ActorCritic, learner: Learner, xr: Exp
         if actor.is_alive():
             raise RuntimeError("actor thread did not stop within 30 s")
         env.close()
-    logger.flush()
+    run.logger.flush()
 
 
-def _log_expert_usage(cfg: RunConfig, model: ActorCritic, logger: Logger, progress: Progress) -> None:
+def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cache: CacheWindow,
+                driver, bar: tqdm) -> None:
+    """Gather every rank's window and write it (rank 0): rank 0's learner figures, ``charts/SPS`` and
+    the ``cache/*`` figures of all ranks summed, each rank's own under ``rank<r>/`` (more than one
+    rank), and every rank's finished episodes at the frame counts they ended at."""
+    detector = {} if driver is None else driver.stats()
+    mine = {"sps": window.sps(), "cache": cache.take(), "episodes": window.episodes}
+    ranks = run.world.gather(mine)
+    if not run.world.main:
+        return
+    scalars = {**window.summary(progress), tags.SPS: sum(r["sps"] for r in ranks), **detector}
+    if cache.core is not None:
+        total = {k: sum(r["cache"][k] for r in ranks) for k in mine["cache"]}
+        scalars.update(cache.scalars(total, window.n))
+    if run.world.size > 1:
+        for rank, r in enumerate(ranks):
+            scalars[f"rank{rank}/{tags.SPS}"] = r["sps"]
+            if cache.core is not None:
+                scalars.update(cache_scalars(r["cache"], window.n, prefix=f"rank{rank}/"))
+    run.logger.scalars(scalars, progress.total_frames)
+    recent = []
+    for r in ranks:
+        for frames, ret, length in r["episodes"]:
+            run.logger.scalars({tags.episodic_return(game): ret, tags.episode_length(game): length}, frames)
+            recent.append(ret)
+    bar.set_postfix(SPS=f"{scalars[tags.SPS]:.0f}", ret=f"{np.mean(recent[-20:]):.1f}" if recent else "-",
+                    refresh=False)
+
+
+def _log_expert_usage(run: _Run, progress: Progress) -> None:
     """The image ``experts/usage`` (game x expert routing shares) after a stage, for the MoE core."""
-    core = moe_core(model)
-    if core is not None:
-        games = list(dict.fromkeys(cfg.env.games))
-        logger.png(tags.EXPERT_USAGE_IMAGE, usage_png(core.usage.cpu().numpy(), games), progress.total_frames)
-        logger.flush()
+    core = moe_core(run.model)
+    if core is not None and run.world.main:
+        games = list(dict.fromkeys(run.cfg.env.games))
+        run.logger.png(tags.EXPERT_USAGE_IMAGE, usage_png(core.usage.cpu().numpy(), games), progress.total_frames)
+        run.logger.flush()
 
 
 def _crossed(total_frames: int, step: int, every: int) -> bool:
@@ -214,17 +283,20 @@ def _crossed(total_frames: int, step: int, every: int) -> bool:
 
 
 class _Window:
-    """Sums over the updates since the last TensorBoard write."""
+    """Sums over the updates since the last TensorBoard write (this rank's)."""
 
     def __init__(self):
         self.start = time.perf_counter()
         self.n = 0
         self.steps = 0
         self.sums: dict[str, float] = {}
+        self.episodes: list[tuple[int, float, int]] = []
+        """Finished episodes: (total frames at the update that delivered them, return, length)."""
 
-    def add(self, rollout: Rollout, stats: dict[str, float], wait: float, agent_steps: int) -> None:
+    def add(self, rollout: Rollout, stats: dict[str, float], wait: float, agent_steps: int, frames: int) -> None:
         self.n += 1
         self.steps += agent_steps
+        self.episodes += [(frames, ret, length) for ret, length in rollout.episodes]
         for k, v in {**stats, tags.ENV_TIME: rollout.env_time, tags.ACT_TIME: rollout.act_time,
                      tags.QUEUE_WAIT_TIME: wait}.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
@@ -237,12 +309,11 @@ class _Window:
 
     def summary(self, progress: Progress) -> dict[str, float]:
         means = {k: v / max(self.n, 1) for k, v in self.sums.items()}
-        return {**means, tags.SPS: self.sps(), tags.FRAMES: progress.total_frames, tags.STAGE: progress.stage}
+        return {**means, tags.FRAMES: progress.total_frames, tags.STAGE: progress.stage}
 
 
-def _evaluate(cfg: RunConfig, model: ActorCritic, progress: Progress, rd: RunDir, logger: Logger,
-              device: torch.device, kind: str, xr: ExpertRun, window: CacheWindow | None = None) -> None:
-    """Evaluate every game of the schedule, append the point, rewrite the evaluation files and log.
+def _evaluate(run: _Run, progress: Progress, kind: str, window: CacheWindow | None = None) -> None:
+    """Evaluate every game of the schedule, append the point, rewrite the evaluation files and log (rank 0).
 
     ``kind`` is ``before`` (initial parameters), ``periodic`` or ``stage`` (the end of the stage
     being trained). TensorBoard gets, at the current frame count, ``eval/return/<game>`` and
@@ -252,21 +323,24 @@ def _evaluate(cfg: RunConfig, model: ActorCritic, progress: Progress, rd: RunDir
     the evaluation's expert traffic (``eval/cache/*``, ``eval/detector/accuracy``; ``train/experts.py``),
     which is left out of the training cache ``window`` it interrupts.
     """
+    if not run.world.main:
+        return
+    cfg, rd, logger = run.cfg, run.rd, run.logger
     columns = eval_columns(cfg.env.games)
     stage = 0 if kind == BEFORE else progress.stage + 1
     where = "before training" if kind == BEFORE else f"{kind} evaluation, stage {stage}, frame {progress.total_frames:,}"
     _say(f"{where}: evaluating {', '.join(columns)} ({cfg.eval.episodes} episodes each) ...")
-    traffic = xr.eval_cache(cfg, model)
+    traffic = run.xr.eval_cache(cfg, run.model)
     try:
-        results = evaluate_games(model, columns, cfg.env, cfg.eval, device,
+        results = evaluate_games(run.model, columns, cfg.env, cfg.eval, run.device,
                                  None if traffic is None else traffic.on_step)
     finally:
-        cache_scalars = {} if traffic is None else traffic.close()
+        traffic_scalars = {} if traffic is None else traffic.close()
     if window is not None and traffic is not None:
         window.exclude(traffic.counts)
     progress.evaluations.append(eval_point(progress.total_frames, stage, kind, [results[g][0] for g in columns]))
     doc = _write_eval_files(cfg, progress, rd)
-    scalars = dict(cache_scalars)
+    scalars = dict(traffic_scalars)
     for game, (ret, hns) in results.items():
         scalars[tags.eval_return(game)] = ret
         scalars[tags.eval_hns(game)] = hns
@@ -298,12 +372,26 @@ def _write_eval_files(cfg: RunConfig, progress: Progress, rd: RunDir) -> dict:
     return doc
 
 
-def _save(ckpts: CheckpointManager, cfg: RunConfig, model: ActorCritic, learner: Learner, xr: ExpertRun,
-          progress: Progress, name: str, keep: bool = False) -> None:
-    """Checkpoint ``name``: the expert store's snapshot of the same name first (``train/experts.py``)."""
-    snapshot = checkpoint_store(model, learner, cfg, name)
-    ckpts.save({**_checkpoint(cfg, model, learner, progress), "expert_snapshot": snapshot,
-                "detector": xr.state_dict()}, name, keep=keep)
+def _save(run: _Run, progress: Progress, name: str, keep: bool = False) -> None:
+    """Checkpoint ``name``: every rank's expert store commits the snapshot of the same name first
+    (``train/experts.py``); rank 0 then checks that every rank's replica (dense parameters and the
+    experts' parameters and optimizer state) has the same checksum and writes the checkpoint."""
+    snapshot = checkpoint_store(run.model, run.learner, run.cfg, name)
+    checksums = run.world.gather(replica_checksum(_replica(run)))
+    if not run.world.main:
+        return
+    if len(set(checksums)) > 1:
+        raise RuntimeError(f"the ranks' replicas diverged (checksums {checksums}): a bug, please report it")
+    run.ckpts.save({**_checkpoint(run.cfg, run.model, run.learner, progress), "expert_snapshot": snapshot,
+                    "detector": run.xr.state_dict(), "world_size": run.world.size, "rank_checksums": checksums},
+                   name, keep=keep)
+
+
+def _replica(run: _Run) -> dict[str, torch.Tensor]:
+    """What every rank must hold identically: the parameters and buffers (the MoE experts' replica,
+    equal to the experts' parameters in the store after the checkpoint's commit, and routing counts)."""
+    return {f"param/{k}": p for k, p in run.model.named_parameters()} | \
+        {f"buffer/{k}": b for k, b in run.model.named_buffers()}
 
 
 def _checkpoint(cfg: RunConfig, model: ActorCritic, learner: Learner, progress: Progress) -> dict:

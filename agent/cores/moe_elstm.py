@@ -130,6 +130,9 @@ class MoEELSTMCore(Core):
         # Experts idx [T, B, k] of the latest forward pass (evaluation demands them from the store).
         self.last_routing: torch.Tensor | None = None
         self.evict_after_use = False
+        # The ranks of a data-parallel run (train/distributed.py; set by the learner, None = alone):
+        # they agree on the experts each pass materialises and sum the experts' gradients.
+        self.world = None
         self.rmsprop = (0.99, 0.01)
         self.updates = 0
         self._pass: _Pass | None = None
@@ -235,7 +238,8 @@ class MoEELSTMCore(Core):
                                        None if game_id is None else game_id[:T].reshape(-1))
         self._count_usage(idx[:T], None if game_id is None else game_id[:T])
         self._pass = _Pass(x=inputs[:T].detach(), keep=keep[:T], G=G, routed=routed,
-                           experts=routed if self.lazy else list(range(self.num_experts)), carry=carry, c0=c0,
+                           experts=self._agree(routed) if self.lazy else list(range(self.num_experts)),
+                           carry=carry, c0=c0,
                            pre=pre, cells=cells, aux=None if aux is None else self.balance_cost * aux, **rec)
         return outputs, self._pass
 
@@ -266,7 +270,7 @@ class MoEELSTMCore(Core):
             if lazy[e] and self._has_sensitivity[e] and self._pending_since[e] < 0:
                 self._pending_since[e] = self.updates
         self._stats.update({"rtrl/max_abs_J": J.abs().max().item(), "rtrl/frac_J_gt_1": (J.abs() > 1.0).float().mean().item(),
-                            "experts/active": float(len(p.routed)),
+                            "experts/active": float(len(p.routed)), "experts/agreed": float(len(p.experts)),
                             "experts/pending": float(sum(1 for s in self._pending_since if s >= 0))})
         if self._delays:  # mean wait, in updates, of the pending gradients this pass applied
             self._stats["experts/pending_delay"] = sum(self._delays) / len(self._delays)
@@ -304,9 +308,12 @@ class MoEELSTMCore(Core):
     def flush_pending(self, carry: MoECarry, lr: float, clip: float) -> int:
         """Apply every pending gradient now (before a checkpoint, so none is lost with the carry),
         clipped to ``clip`` global norm like an update. Returns how many experts had one."""
-        grads = self.pending_gradients(carry)
+        grads = self.pending_gradients(carry, self._agree([e for e in range(self.num_experts)
+                                                           if self._pending_since[e] >= 0]))
         flat = [g for pair in grads.values() for g in pair]
         with torch.no_grad():
+            if self.world is not None:
+                self.world.all_reduce_sum(flat)
             if flat:
                 scale = min(1.0, clip / (float(torch.nn.utils.get_total_norm(flat)) + 1e-6))
                 for g in flat:
@@ -321,6 +328,10 @@ class MoEELSTMCore(Core):
         return dict(self._stats)
 
     # ------------------------------------------------------------------------------------- RTRL
+    def _agree(self, experts: list[int]) -> list[int]:
+        """The sorted union of ``experts`` over the ranks (every rank materialises and updates these)."""
+        return sorted(set(experts)) if self.world is None else self.world.union(experts, self.num_experts)
+
     def _chunks(self, experts: list[int]):
         """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them."""
         size = max(1, self.store.hbm_capacity - self.store.pinned_count)
@@ -434,6 +445,8 @@ class MoEELSTMCore(Core):
         counts = torch.zeros_like(self.usage)
         counts.index_put_((slots.unsqueeze(-1).expand_as(idx).reshape(-1), idx.reshape(-1)),
                           torch.ones(idx.numel(), dtype=counts.dtype, device=counts.device), accumulate=True)
+        if self.world is not None:  # every rank's streams: the usage stays the same on every rank
+            self.world.all_reduce_sum([counts])
         self.usage.mul_(0.99).add_(counts)
 
 
