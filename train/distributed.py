@@ -16,11 +16,14 @@ sensitivities, the store's tiers, the game detector):
     every rank takes the same clipped optimizer step: parameters and experts stay bit-identical;
   * every logging window and checkpoint: a gather of small per-rank figures and of replica checksums.
 
-All-reduce volume per update (payload of the one all-reduce, float32):
-    bytes = 4 * (P_dense + 2 * |U| * N * D) + 4 * (E / 8 rounded up) * W  (the mask all-gather)
-with P_dense the dense parameters, |U| the agreed experts, N the hidden size and D the core input
-size; a ring all-reduce sends about 2 (W - 1) / W of the payload per rank. ``dist/allreduce_bytes``
-in TensorBoard is the measured payload per update.
+Collective payload per update (what ``dist/allreduce_bytes`` in TensorBoard measures):
+    bytes = 4 (P_dense + 2 |U| N D)      the gradient all-reduce (float32)
+          + 8 G E                        the routing counts (float64, MoE)
+          + 4 ceil(E / 8) W              the expert masks' all-gather (MoE)
+with P_dense the dense parameters, |U| the agreed experts, N the hidden size, D the core input
+size, G the schedule's games and W the world size; a ring all-reduce moves about 2 (W - 1) / W of
+its payload in and out of each rank. Outside the update, a 4-byte all-reduce per update agrees on
+logging, and checkpoints gather checksums and apply the agreed pending expert gradients.
 
 A rank that dies makes the others' next collective fail (or torchrun stops them); they report it in
 one line and exit, and ``--resume`` restarts every rank from the last checkpoint. ``--dist-timeout``
