@@ -54,8 +54,11 @@ class RankLost(UserError):
 class World:
     """This process's place among the ranks, and the collectives (no-ops in a world of one)."""
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, local_size: int = 1) -> None:
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0, local_size: int = 1,
+                 comm_device: torch.device = torch.device("cpu")) -> None:
+        """``comm_device``: where the collectives' own tensors live (NCCL takes CUDA tensors only)."""
         self.rank, self.size, self.local_rank, self.local_size = rank, size, local_rank, local_size
+        self.comm_device = comm_device
         self.bytes_reduced = 0
         """Payload bytes of every all-reduce and all-gather so far (``dist/allreduce_bytes``)."""
 
@@ -74,7 +77,7 @@ class World:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
-        world = cls(rank, size, local_rank, local_size)
+        world = cls(rank, size, local_rank, local_size, torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
         signal.signal(signal.SIGTERM, world._stopped)
         return world
 
@@ -153,18 +156,18 @@ class World:
             return sorted(set(ids))
         mask = np.zeros(n, dtype=bool)
         mask[list(ids)] = True
-        packed = torch.from_numpy(np.packbits(mask).astype(np.int32))
+        packed = torch.from_numpy(np.packbits(mask).astype(np.int32)).to(self.comm_device)
         out = [torch.zeros_like(packed) for _ in range(self.size)]
         self._run(dist.all_gather, out, packed)
         self.bytes_reduced += packed.numel() * packed.element_size() * self.size
-        merged = np.bitwise_or.reduce(np.stack([o.numpy() for o in out])).astype(np.uint8)
+        merged = np.bitwise_or.reduce(np.stack([o.cpu().numpy() for o in out])).astype(np.uint8)
         return np.flatnonzero(np.unpackbits(merged)[:n]).tolist()
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (e.g. rank 0's logging clock)."""
         if self.size == 1:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.comm_device)
         self._run(dist.all_reduce, t)
         return bool(t.item() > 0)
 
