@@ -185,15 +185,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     world = World.from_environment(args.device or "auto", args.dist_timeout)
     try:
         cfg, run_dir = resolve_train_config(args, world)
-        cfg.validate()
-        cfg.eval.validate()
-        resolve_device(cfg.device)
+        world.check_config(cfg.to_json())  # before validating: different flags on different ranks say so
+        try:
+            cfg.validate()
+            cfg.eval.validate()
+            resolve_device(cfg.device)
+        except UserError as e:  # the same config, so the same error on every rank: said once
+            world.fail(str(e))
         if world.main:
             print(f"run dir: {run_dir}" + (f" ({world.size} ranks)" if world.size > 1 else ""), flush=True)
         train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
               show_progress=not args.no_progress, world=world)
     except UserError as e:
-        e.quiet = e.quiet or not world.main  # rank 0 says it once
+        world.exiting = True
+        if world.size > 1 and not world.main and not e.quiet:  # this rank's own problem: say whose
+            e.args = (f"rank {world.rank}: {e}",)
         raise
     finally:
         world.close()

@@ -54,25 +54,35 @@ def cohort_of(counts: np.ndarray, share: float, max_size: int) -> list[int]:
 class CohortPrefetcher:
     """Keeps the current game's cohort pinned (and so prefetched) in the store's hbm tier.
 
-    Thread-safe: the actor thread's detector and the evaluation both switch it."""
+    Thread-safe: the actor thread's detector (training) and the evaluation both switch it; the
+    evaluation hands it back with :meth:`resume_training`, to the game training last asked for."""
 
     def __init__(self, store: ExpertStore, cohorts: CohortMap):
         self.store, self.cohorts = store, cohorts
         self.game: int | None = None
+        self.training_game: int | None = None
         self.pinned: list[int] = []
-        self.switches = 0
         self._lock = threading.Lock()
 
-    def switch(self, game: int | None) -> None:
-        """The game is now ``game``: unpin the previous cohort, pin (prefetching) the new one
-        (None: pin nothing)."""
+    def switch(self, game: int | None, training: bool = True) -> None:
+        """The game is now ``game``: unpin the previous cohort, pin (prefetching) the new one (None: pin
+        nothing). ``training=False``: an evaluation's switch, undone by :meth:`resume_training`."""
         with self._lock:
-            if game == self.game:
-                return
-            self.game = game
-            self.switches += 1
-            if self.pinned:
-                self.store.unpin(self.pinned)
-            self.pinned = [] if game is None else self.cohorts.cohort(game)
-            if self.pinned:
-                self.store.pin(self.pinned)
+            if training:
+                self.training_game = game
+            self._pin(game)
+
+    def resume_training(self) -> None:
+        """Pin the cohort of the game training last switched to (after an evaluation)."""
+        with self._lock:
+            self._pin(self.training_game)
+
+    def _pin(self, game: int | None) -> None:
+        if game == self.game:
+            return
+        self.game = game
+        if self.pinned:
+            self.store.unpin(self.pinned)
+        self.pinned = [] if game is None else self.cohorts.cohort(game)
+        if self.pinned:
+            self.store.pin(self.pinned)

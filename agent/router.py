@@ -23,6 +23,8 @@ like the summed V-trace losses).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,15 +73,26 @@ class Router(nn.Module):
         top, idx = logits.topk(self.top_k, dim=-1)
         return idx, F.softmax(top, dim=-1), F.softmax(logits, dim=-1)
 
-    def balance_loss(self, idx: torch.Tensor, probs: torch.Tensor | None, game_id: torch.Tensor | None
-                     ) -> torch.Tensor | None:
-        """The per-game Switch balance loss (module docstring) over idx [M, k], probs [M, E], game_id [M]."""
+    def balance_loss(self, idx: torch.Tensor, probs: torch.Tensor | None, game_id: torch.Tensor | None,
+                     sum_over_ranks: Callable[[list[torch.Tensor]], None] | None = None) -> torch.Tensor | None:
+        """The per-game Switch balance loss (module docstring) over idx [M, k], probs [M, E], game_id [M].
+
+        ``sum_over_ranks`` (data-parallel training) sums, in place, the routing counts and step counts
+        over the ranks, so that f_e, the games present and the step count are the global batch's and
+        the ranks' losses add up to the loss of the whole batch (it is linear in the probabilities)."""
         if probs is None:
             return None
-        games = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device) if game_id is None else game_id
-        losses = []
-        for g in torch.unique(games):
-            rows = games == g
-            share = F.one_hot(idx[rows], self.num_experts).sum((0, 1)).to(probs.dtype) / idx[rows].numel()
-            losses.append(self.num_experts * (share * probs[rows].mean(0)).sum())
-        return torch.stack(losses).mean() * idx.shape[0]
+        S, E, k = int(self.game_slot.max()) + 1, self.num_experts, self.top_k
+        slots = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device) if game_id is None else \
+            self.game_slot[game_id].clamp(min=0)
+        counts = torch.zeros(S, E, dtype=probs.dtype, device=probs.device)
+        counts.index_put_((slots.unsqueeze(-1).expand_as(idx).reshape(-1), idx.reshape(-1)),
+                          torch.ones(idx.numel(), dtype=probs.dtype, device=probs.device), accumulate=True)
+        rows = torch.bincount(slots, minlength=S).to(probs.dtype)
+        if sum_over_ranks is not None:
+            sum_over_ranks([counts, rows])
+        prob_sums = torch.zeros(S, E, dtype=probs.dtype, device=probs.device).index_add(0, slots, probs)
+        present = rows > 0
+        share = counts[present] / (rows[present, None] * k)
+        per_game = E * (share * prob_sums[present] / rows[present, None]).sum(-1)
+        return per_game.mean() * rows.sum()

@@ -103,7 +103,6 @@ class EvalDetection:
         self.detector = copy.deepcopy(detector)  # the actor thread's detector may be learning meanwhile
         self.classes, self.mode, self.prefetcher, self.core = classes, mode, prefetcher, core
         self.evict_after_use = evict_after_use
-        self.restore = None if prefetcher is None else prefetcher.game
         self.game: str | None = None
         self.tracker: SwitchTracker | None = None
         self.majority = -1
@@ -115,7 +114,7 @@ class EvalDetection:
         if game != self.game:  # a new game's streams
             self.game, self.tracker = game, SwitchTracker(frames.shape[0])
             if self.mode == "oracle" and self.prefetcher is not None:
-                self.prefetcher.switch(truth)
+                self.prefetcher.switch(truth, training=False)
         with torch.no_grad():
             prediction = self.detector.predict(frames).cpu()
         self.correct += int((prediction == truth).sum())
@@ -126,10 +125,10 @@ class EvalDetection:
         if majority != self.majority and majority >= 0:
             self.majority = majority
             if self.mode == "detector" and self.prefetcher is not None:
-                self.prefetcher.switch(majority)
+                self.prefetcher.switch(majority, training=False)
         ids = torch.unique(self.core.last_routing).tolist()
-        self.core.store.get(ids)
-        self.core.store.release(ids)
+        for chunk, _ in self.core.hbm_chunks(ids):  # K streams can route to more experts than hbm holds
+            self.core.store.release(chunk)
         if self.evict_after_use:
             self.core.store.evict(ids)
         self.steps += 1
@@ -137,5 +136,5 @@ class EvalDetection:
     def close(self) -> dict[str, float]:
         """Hand the prefetcher back to the training game; returns ``eval/detector/accuracy``."""
         if self.prefetcher is not None:
-            self.prefetcher.switch(self.restore)
+            self.prefetcher.resume_training()
         return {"eval/detector/accuracy": self.correct / self.predicted} if self.predicted else {}

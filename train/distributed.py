@@ -20,9 +20,10 @@ Collective payload per update (what ``dist/allreduce_bytes`` in TensorBoard meas
     bytes = 4 (P_dense + 2 |U| N D)      the gradient all-reduce (float32)
           + 8 G E                        the routing counts (float64, MoE)
           + 4 ceil(E / 8) W              the expert masks' all-gather (MoE)
+          + 4 G (E + 1)                  learned routing's balance-loss counts (MoE)
 with P_dense the dense parameters, |U| the agreed experts, N the hidden size, D the core input
-size, G the schedule's games and W the world size; a ring all-reduce moves about 2 (W - 1) / W of
-its payload in and out of each rank. Outside the update, a 4-byte all-reduce per update agrees on
+size, G the schedule's games and W the world size (4 bytes more with ``loss_reduction=mean``); a
+ring all-reduce moves about 2 (W - 1) / W of its payload in and out of each rank. Outside the update, a 4-byte all-reduce per update agrees on
 logging, and checkpoints gather checksums and apply the agreed pending expert gradients.
 
 A rank that dies makes the others' next collective fail (or torchrun stops them); they report it in
@@ -59,6 +60,9 @@ class World:
         """``comm_device``: where the collectives' own tensors live (NCCL takes CUDA tensors only)."""
         self.rank, self.size, self.local_rank, self.local_size = rank, size, local_rank, local_size
         self.comm_device = comm_device
+        self.exiting = False
+        """Set when this rank is already leaving with an error of its own (the SIGTERM that torchrun
+        then sends it adds nothing)."""
         self.bytes_reduced = 0
         """Payload bytes of every all-reduce and all-gather so far (``dist/allreduce_bytes``)."""
 
@@ -70,6 +74,8 @@ class World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size == 1:
             return cls()
+        if "RANK" not in os.environ:
+            raise UserError("WORLD_SIZE is set but RANK is not: launch with torchrun, which sets both")
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         local_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -93,8 +99,8 @@ class World:
     def local_envs(self, num_envs: int) -> int:
         """Env streams of this rank (``num_envs`` is the whole world's)."""
         if num_envs % self.size:
-            raise UserError(f"--num-envs ({num_envs}) must be a multiple of the world size ({self.size}): "
-                            "every rank runs the same number of streams")
+            self.fail(f"--num-envs ({num_envs}) must be a multiple of the world size ({self.size}): "
+                      "every rank runs the same number of env streams")
         return num_envs // self.size
 
     def first_stream(self, num_envs: int) -> int:
@@ -104,7 +110,12 @@ class World:
     def limit_threads(self) -> None:
         """Share the machine's cores between the ranks on it (torch intra-op threads)."""
         if self.size > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_size))
+            torch.set_num_threads(self.env_threads(0))
+
+    def env_threads(self, num_threads: int) -> int:
+        """Env worker threads of this rank: ``num_threads``, or for 0 its share of the node's cores
+        (0 = one per core for a world of one)."""
+        return num_threads if num_threads or self.size == 1 else max(1, (os.cpu_count() or 1) // self.local_size)
 
     def fail(self, message: str) -> None:
         """Raise the UserError ``message`` on every rank: rank 0 prints it, the others exit 2 quietly."""
@@ -135,7 +146,7 @@ class World:
         digests = self.gather(digest)
         if len(set(digests)) > 1:
             odd = [r for r, d in enumerate(digests) if d != digests[0]]
-            raise UserError(f"the ranks were given different configs (config hash of rank 0 {digests[0]}, "
+            self.fail(f"the ranks were given different configs (config hash of rank 0 {digests[0]}, "
                             f"ranks {odd} differ): launch every rank with the same flags")
 
     def all_reduce_sum(self, tensors: list[torch.Tensor]) -> None:
@@ -198,7 +209,7 @@ class World:
     def _run(self, fn, *args) -> None:
         try:
             fn(*args)
-        except (RuntimeError, dist.DistError) as e:  # gloo: "Connection closed by peer", timeouts, ...
+        except dist.DistError as e:  # gloo and NCCL: a peer closed the connection, a timeout, ...
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             reason = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]  # drop gloo's source location
             raise RankLost(f"rank {self.rank} lost contact with the other ranks ({reason}): the job stops; "
@@ -206,6 +217,8 @@ class World:
 
     def _stopped(self, signum, frame) -> None:
         """SIGTERM (torchrun stops the surviving ranks when one fails): say so in one line and exit."""
+        if self.exiting:
+            os._exit(2)
         sys.stderr.write(f"error: rank {self.rank} stopped by signal {signum} (another rank failed or the job "
                          "was cancelled); `--resume` restarts every rank from the last checkpoint\n")
         sys.stderr.flush()

@@ -87,7 +87,8 @@ def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunD
         detector.load_state_dict(state["detector"])
     prefetcher = None
     if cfg.store.prefetch in ("detector", "oracle"):
-        prefetcher = CohortPrefetcher(store, UsageCohorts(core, cfg.store.hbm_experts - cfg.model.top_k))
+        core.pin_reserve = cfg.store.hbm_experts - cfg.model.top_k  # the largest cohort it pins
+        prefetcher = CohortPrefetcher(store, UsageCohorts(core, core.pin_reserve))
     return ExpertRun(store, detector, prefetcher, cfg.store.prefetch)
 
 
@@ -199,12 +200,14 @@ class EvalCache:
         self.counts: dict[str, float] = {}
 
     def close(self) -> dict[str, float]:
-        """The evaluation's scalars; the prefetcher goes back to the training game. :attr:`counts`
-        then holds the evaluation's counter differences (for :meth:`CacheWindow.exclude`)."""
+        """The evaluation's scalars, once the prefetcher is back on the training game (that reload
+        counts as the evaluation's traffic). :attr:`counts` then holds the evaluation's counter
+        differences (for :meth:`CacheWindow.exclude`)."""
+        detector = self.detection.close()
         self.store.wait_idle()
         now = store_counts(self.store)
         self.counts = {k: now[k] - self.before[k] for k in now}
-        return {**cache_scalars(self.counts, self.detection.steps, prefix="eval/"), **self.detection.close()}
+        return {**cache_scalars(self.counts, self.detection.steps, prefix="eval/"), **detector}
 
 
 def _ratio(a: float, b: float) -> float:

@@ -97,8 +97,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     world = world or World()
     cfg.validate()
     cfg.eval.validate()
-    _check_world(cfg, world)
     device = world.device(resolve_device(cfg.device))
+    _check_world(cfg, world, device)
     world.limit_threads()
     rd = RunDir(Path(run_dir))
     world.on_rank0(lambda: rd.start(cfg, resume, allow_config_change))
@@ -153,14 +153,15 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     return progress
 
 
-def _check_world(cfg: RunConfig, world: World) -> None:
-    """Settings a multi-rank run cannot take, then the same config on every rank (a hash compared)."""
-    if cfg.env.num_envs % world.size:
-        world.fail(f"--num-envs ({cfg.env.num_envs}) must be a multiple of the world size ({world.size}): "
-                     "every rank runs the same number of env streams")
+def _check_world(cfg: RunConfig, world: World, device: torch.device) -> None:
+    """The same config on every rank (a hash compared), then settings a multi-rank run cannot take."""
+    world.check_config(cfg.to_json())
+    world.local_envs(cfg.env.num_envs)
     if world.size > 1 and cfg.model.core == "moe" and cfg.model.rtrl_form == "step":
         world.fail("--rtrl-form step is the single-process reference: a distributed MoE run uses the segment form")
-    world.check_config(cfg.to_json())
+    if world.comm_device.type != device.type:
+        world.fail(f"the ranks talk over {'NCCL' if world.comm_device.type == 'cuda' else 'gloo'} but the run "
+                   f"computes on {device.type}: give --device {device.type} on the command line")
 
 
 def _train_stage(run: _Run, progress: Progress) -> None:
@@ -187,7 +188,7 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
     streams, first = world.local_envs(ec.num_envs), world.first_stream(ec.num_envs)
     seed = cfg.env_seed(progress.total_frames)
     env = make_env(game, streams, seed=seed + first, backend=ec.backend, sticky_action_prob=ec.sticky_action_prob,
-                   max_episode_steps=ec.max_episode_steps, num_threads=ec.num_threads)
+                   max_episode_steps=ec.max_episode_steps, num_threads=world.env_threads(ec.num_threads))
     rollouts: queue.Queue = queue.Queue(maxsize=1)
     params = ParamChannel()
     driver = run.xr.driver(cfg, game, streams)
@@ -197,6 +198,7 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
     frames_per_update = cfg.frames_per_update()
     window = _Window()
     cache = CacheWindow(run.model)
+    recent: list[float] = []
     bar.set_description(f"stage {progress.stage + 1}/{len(cfg.env.games)} {game}")
     actor.start()
     try:
@@ -214,8 +216,8 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
             progress.stage_frames += frames_per_update
             progress.total_frames += frames_per_update
             window.add(rollout, stats, wait, streams * cfg.learner.rollout_length, progress.total_frames)
-            if world.any(window.elapsed() >= cfg.schedule.log_every or last):  # rank 0's clock decides
-                _log_window(run, progress, game, window, cache, driver, bar)
+            if world.any(window.elapsed() >= cfg.schedule.log_every or last):  # any rank's clock
+                _log_window(run, progress, game, window, cache, driver, bar, recent)
                 window = _Window()
             bar.update(frames_per_update)
             if stage_end:  # the stage's end is evaluated (and checkpointed) by the caller
@@ -225,6 +227,7 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
             if cfg.eval.every and _crossed(progress.total_frames, frames_per_update, cfg.eval.every):
                 t_eval = time.perf_counter()
                 _evaluate(run, progress, PERIODIC, cache)
+                world.barrier()  # the other ranks wait for rank 0's evaluation here
                 window.start += time.perf_counter() - t_eval  # keep evaluation time out of SPS
             if _crossed(progress.total_frames, frames_per_update, cfg.schedule.checkpoint_every):
                 _save(run, progress, f"frames_{progress.total_frames:012d}")
@@ -240,7 +243,7 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
 
 
 def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cache: CacheWindow,
-                driver, bar: tqdm) -> None:
+                driver, bar: tqdm, recent: list[float]) -> None:
     """Gather every rank's window and write it (rank 0): rank 0's learner figures, ``charts/SPS`` and
     the ``cache/*`` figures of all ranks summed, each rank's own under ``rank<r>/`` (more than one
     rank), and every rank's finished episodes at the frame counts they ended at."""
@@ -259,11 +262,11 @@ def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cac
             if cache.core is not None:
                 scalars.update(cache_scalars(r["cache"], window.n, prefix=f"rank{rank}/"))
     run.logger.scalars(scalars, progress.total_frames)
-    recent = []
     for r in ranks:
         for frames, ret, length in r["episodes"]:
             run.logger.scalars({tags.episodic_return(game): ret, tags.episode_length(game): length}, frames)
             recent.append(ret)
+    del recent[:-20]
     bar.set_postfix(SPS=f"{scalars[tags.SPS]:.0f}", ret=f"{np.mean(recent[-20:]):.1f}" if recent else "-",
                     refresh=False)
 
@@ -374,8 +377,8 @@ def _write_eval_files(cfg: RunConfig, progress: Progress, rd: RunDir) -> dict:
 
 def _save(run: _Run, progress: Progress, name: str, keep: bool = False) -> None:
     """Checkpoint ``name``: every rank's expert store commits the snapshot of the same name first
-    (``train/experts.py``); rank 0 then checks that every rank's replica (dense parameters and the
-    experts' parameters and optimizer state) has the same checksum and writes the checkpoint."""
+    (``train/experts.py``); rank 0 then checks that every rank's replica (parameters and buffers,
+    the experts' replica included) has the same checksum and writes the checkpoint."""
     snapshot = checkpoint_store(run.model, run.learner, run.cfg, name)
     checksums = run.world.gather(replica_checksum(_replica(run)))
     if not run.world.main:

@@ -96,7 +96,7 @@ class _Pass:
     keep: torch.Tensor       # [T, B, 1]
     G: torch.Tensor          # [T, B, E] gate of each expert (0 where not routed)
     routed: list[int]        # experts routed at some step 0..T-1
-    experts: list[int]       # experts whose sensitivities this pass materialises (routed, or all if eager)
+    experts: list[int]       # experts this pass materialises: routed on any rank (the agreed union), or all if eager
     carry: MoECarry
     c0: torch.Tensor | None  # autograd leaf (segment form)
     pre: tuple[torch.Tensor, torch.Tensor] | None  # preactivations [T+1, B, N] with grads kept (segment form)
@@ -130,6 +130,7 @@ class MoEELSTMCore(Core):
         # Experts idx [T, B, k] of the latest forward pass (evaluation demands them from the store).
         self.last_routing: torch.Tensor | None = None
         self.evict_after_use = False
+        self.pin_reserve = 0  # hbm slots a prefetcher (actor thread) may pin at any moment (hbm_chunks)
         # The ranks of a data-parallel run (train/distributed.py; set by the learner, None = alone):
         # they agree on the experts each pass materialises and sum the experts' gradients.
         self.world = None
@@ -235,7 +236,8 @@ class MoEELSTMCore(Core):
         routed = torch.unique(idx[:T]).tolist()
         aux = self.router.balance_loss(idx[:T].reshape(T * B, -1),
                                        None if probs is None else probs[:T].reshape(T * B, -1),
-                                       None if game_id is None else game_id[:T].reshape(-1))
+                                       None if game_id is None else game_id[:T].reshape(-1),
+                                       None if self.world is None else self.world.all_reduce_sum)
         self._count_usage(idx[:T], None if game_id is None else game_id[:T])
         self._pass = _Pass(x=inputs[:T].detach(), keep=keep[:T], G=G, routed=routed,
                            experts=self._agree(routed) if self.lazy else list(range(self.num_experts)),
@@ -253,7 +255,7 @@ class MoEELSTMCore(Core):
         step = self._step_experts if self.rtrl_form == "step" else self._segment_experts
         with torch.no_grad():
             carry = self._vectors(p, zh, fh, J)
-            for ids, records in self._chunks(p.experts):
+            for ids, records in self.hbm_chunks(p.experts):
                 for e, r in zip(ids, records):
                     pending = self._materialize(e, r, p.carry)
                     p.grads[e] = step(p, e, r, zh, fh, J, pending)
@@ -285,7 +287,7 @@ class MoEELSTMCore(Core):
         p, self._pass = self._pass, None
         with torch.no_grad():
             # Reverse order: the chunk the first pass brought in last is still in hbm.
-            for ids, records in self._chunks(list(reversed(p.grads))):
+            for ids, records in self.hbm_chunks(list(reversed(p.grads))):
                 for e, r in zip(ids, records):
                     self._rmsprop_step(e, r, *p.grads[e], lr)
                 self.store.release(ids, dirty=True)
@@ -299,7 +301,7 @@ class MoEELSTMCore(Core):
         todo = [e for e in range(self.num_experts) if self._pending_since[e] >= 0] if experts is None else experts
         grads = {}
         with torch.no_grad():
-            for ids, records in self._chunks(todo):
+            for ids, records in self.hbm_chunks(todo):
                 for e, r in zip(ids, records):
                     grads[e] = list(self._materialize(e, r, carry))
                 self.store.release(ids, dirty=True)
@@ -318,7 +320,7 @@ class MoEELSTMCore(Core):
                 scale = min(1.0, clip / (float(torch.nn.utils.get_total_norm(flat)) + 1e-6))
                 for g in flat:
                     g.mul_(scale)
-            for ids, records in self._chunks(list(grads)):
+            for ids, records in self.hbm_chunks(list(grads)):
                 for e, r in zip(ids, records):
                     self._rmsprop_step(e, r, *grads[e], lr)
                 self.store.release(ids, dirty=True)
@@ -332,9 +334,12 @@ class MoEELSTMCore(Core):
         """The sorted union of ``experts`` over the ranks (every rank materialises and updates these)."""
         return sorted(set(experts)) if self.world is None else self.world.union(experts, self.num_experts)
 
-    def _chunks(self, experts: list[int]):
-        """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them."""
-        size = max(1, self.store.hbm_capacity - self.store.pinned_count)
+    def hbm_chunks(self, experts: list[int]):
+        """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them.
+
+        A chunk leaves room for every pin that may come while it is held: the pins now, or the
+        ``pin_reserve`` a prefetcher in another thread may pin at any moment."""
+        size = max(1, self.store.hbm_capacity - max(self.store.pinned_count, self.pin_reserve))
         for start in range(0, len(experts), size):
             ids = experts[start:start + size]
             yield ids, self.store.get(ids)

@@ -24,10 +24,10 @@ from tests.conftest import ROOT, run_cli
 from train.distributed import replica_checksum
 
 E = 12
-# Learned routing without the (batch-nonlinear) balance loss: the ranks' streams route to different
-# experts, so the agreed union matters, and the loss is still a sum over streams.
+# Learned routing with its balance loss: short rollouts route each rank's streams to a part of the
+# experts, so the agreed union matters, and the balance loss's routing shares must be the global batch's.
 RUN = ["--preset", "smoke", "--core", "moe", "--learning", "rtrl", "--num-experts", str(E), "--top-k", "2",
-       "--routing", "learned", "--balance-cost", "0", "--hbm-experts", "4", "--dram-experts", "6",
+       "--routing", "learned", "--rollout-length", "5", "--hbm-experts", "4", "--dram-experts", "6",
        "--prefetch", "detector", "--eval-every", "0", "--no-progress", "--log-every", "0"]
 SHARED = ("F", "Z", "sq_F", "sq_Z")  # the parts of an expert record every rank holds identically
 
@@ -46,9 +46,9 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    """A 2-rank run (2 streams each) and a 1-rank run of the same 4 streams, 8 updates each."""
+    """A 2-rank run (2 streams each) and a 1-rank run of the same 4 streams, 16 updates each."""
     base = tmp_path_factory.mktemp("dist")
-    args = [*RUN, "--num-envs", "4", "--frames-per-game", "1280"]
+    args = [*RUN, "--num-envs", "4", "--frames-per-game", "640"]
     proc = torchrun(*args, "--run-dir", str(base / "two"))
     run_cli("train", *args, "--run-dir", str(base / "one"), check=True)
     code, out, err = finish(proc)
@@ -111,14 +111,14 @@ def test_union_of_experts_is_agreed_and_figures_are_per_rank_and_summed(pair):
 
 def test_killed_rank_ends_the_job_then_resume_restarts_every_rank(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*RUN, "--num-envs", "4", "--frames-per-game", "6400", "--checkpoint-every", "640", "--run-dir", str(run_dir),
+    args = [*RUN, "--num-envs", "4", "--frames-per-game", "3200", "--checkpoint-every", "320", "--run-dir", str(run_dir),
             "--dist-timeout", "60"]
     proc = torchrun(*args)
     ckpts = CheckpointManager(run_dir)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         latest = ckpts.latest_path() if (run_dir / "checkpoints").exists() else None
-        if latest is not None and latest.name.startswith("frames_") and int(latest.stem[7:]) >= 1280:
+        if latest is not None and latest.name.startswith("frames_") and int(latest.stem[7:]) >= 640:
             break
         time.sleep(0.1)
     assert proc.poll() is None, "training ended before a rank could be killed"
@@ -133,7 +133,7 @@ def test_killed_rank_ends_the_job_then_resume_restarts_every_rank(tmp_path):
     assert code == 0, out + err
     assert "resuming from" in out
     state = ckpts.load_latest()
-    assert state["progress"]["total_frames"] == 2 * 6400
+    assert state["progress"]["total_frames"] == 2 * 3200
     assert state["rank_checksums"][0] == state["rank_checksums"][1]
 
 
@@ -179,6 +179,42 @@ def test_resuming_with_another_world_size_is_refused(pair):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: this run was trained by 2 rank(s); resume it with the same world size, not 1"]
+
+
+def test_balance_loss_of_shards_sums_to_the_whole_batch():
+    """The learned router's balance loss with its counts summed over two shards (as the ranks do)
+    adds up to the loss of the whole batch, in value and in gradient; without the sum it does not."""
+    from agent.router import Router
+
+    torch.manual_seed(0)
+    router = Router(5, E, 2, "learned", schedule=[3, 7], num_games=10).double()
+    x, games = torch.randn(40, 5, dtype=torch.float64), torch.tensor([3, 7] * 20)
+    idx, _, probs = router(x, games)
+    whole = router.balance_loss(idx, probs, games)
+    (g_whole,) = torch.autograd.grad(whole, router.linear.weight, retain_graph=True)
+    halves = [slice(0, 16), slice(16, 40)]
+
+    def shard_losses(summed: bool) -> torch.Tensor:
+        losses = []
+        for part in halves:  # each shard's counts are summed with the other's, as all_reduce_sum would
+            other = halves[1] if part == halves[0] else halves[0]
+
+            def add_other(tensors, other=other):
+                o_idx, o_games = idx[other], games[other]
+                o_counts = torch.zeros_like(tensors[0])
+                slots = router.game_slot[o_games]
+                o_counts.index_put_((slots.unsqueeze(-1).expand_as(o_idx).reshape(-1), o_idx.reshape(-1)),
+                                    torch.ones(o_idx.numel(), dtype=o_counts.dtype), accumulate=True)
+                tensors[0] += o_counts
+                tensors[1] += torch.bincount(slots, minlength=tensors[1].numel()).to(tensors[1].dtype)
+
+            losses.append(router.balance_loss(idx[part], probs[part], games[part], add_other if summed else None))
+        return sum(losses)
+
+    total = shard_losses(True)
+    (g_total,) = torch.autograd.grad(total, router.linear.weight, retain_graph=True)
+    assert torch.allclose(total, whole, rtol=1e-12) and torch.allclose(g_total, g_whole, rtol=1e-10)
+    assert not torch.allclose(shard_losses(False), whole, rtol=1e-3)  # per-shard shares: another loss
 
 
 def test_replica_checksum_sees_one_changed_element():

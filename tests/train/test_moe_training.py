@@ -16,8 +16,9 @@ from storage.checkpoint import CheckpointManager
 from storage.expert_store import ExpertStore
 from tests.conftest import run_cli, train_and_kill
 
+# 3 evaluation streams x top-2 can route to 6 experts at one step: more than the small hbm holds.
 MOE = ["--preset", "smoke", "--core", "moe", "--learning", "rtrl", "--num-experts", "6", "--top-k", "2", "--eval-every", "0",
-       "--frames-per-game", "2560", "--no-progress"]
+       "--frames-per-game", "2560", "--episodes", "3", "--no-progress"]
 # The small run also prefetches by the game detector: prefetching moves experts, never changes the math.
 SMALL = ["--hbm-experts", "4", "--dram-experts", "5", "--prefetch", "detector"]
 ALL = ["--hbm-experts", "6", "--dram-experts", "6"]
