@@ -197,9 +197,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
               show_progress=not args.no_progress, world=world)
     except UserError as e:
-        world.exiting = True
-        if world.size > 1 and not world.main and not e.quiet:  # this rank's own problem: say whose
-            e.args = (f"rank {world.rank}: {e}",)
+        if world.size > 1:
+            # Say it now (whose problem it is, if not rank 0's), before the SIGTERM that torchrun sends
+            # the ranks once one has failed can end this process.
+            if not e.quiet:
+                print(f"error: {e}" if world.main else f"error: rank {world.rank}: {e}", file=sys.stderr, flush=True)
+                e.quiet = True
+            world.exiting = True
         raise
     finally:
         world.close()

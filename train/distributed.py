@@ -209,7 +209,10 @@ class World:
     def _run(self, fn, *args) -> None:
         try:
             fn(*args)
-        except dist.DistError as e:  # gloo and NCCL: a peer closed the connection, a timeout, ...
+        # A peer closed the connection, a timeout, ...: gloo raises DistError or a plain RuntimeError
+        # ("Read error ... Connection reset by peer"), a write to a dead peer's socket can raise
+        # BrokenPipeError. The reason goes into the message, so a misuse would still show.
+        except (RuntimeError, ConnectionError) as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             reason = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]  # drop gloo's source location
             raise RankLost(f"rank {self.rank} lost contact with the other ranks ({reason}): the job stops; "
