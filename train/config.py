@@ -271,7 +271,7 @@ class RunConfig:
 
 
 def _preset_default() -> RunConfig:
-    """`make run`, the full system in about 8 minutes on a 2-core CPU: three Atari games in sequence,
+    """`make run`, the full system in 8-9 minutes on a 2-core CPU: three Atari games in sequence,
     the MoE eLSTM trained by exact RTRL, its experts in the tiered store with an hbm of two cohorts
     (so every stage and every evaluation moves experts between the tiers), detector prefetch, and
     the forgetting evaluation. Game routing gives each game its own cohort of --top-k experts; the
