@@ -175,25 +175,14 @@ def _parse(flag: str, raw: str, kind):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from train.config import resolve_device
-    from train.schedule import train
-
     from train.distributed import World
+    from train.schedule import train
 
     if args.dist_timeout <= 0:
         raise UserError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
     world = World.from_environment(args.device or "auto", args.dist_timeout)
     try:
         cfg, run_dir = resolve_train_config(args, world)
-        world.check_config(cfg.to_json())  # before validating: different flags on different ranks say so
-        try:
-            cfg.validate()
-            cfg.eval.validate()
-            resolve_device(cfg.device)
-        except UserError as e:  # the same config, so the same error on every rank: said once
-            world.fail(str(e))
-        if world.main:
-            print(f"run dir: {run_dir}" + (f" ({world.size} ranks)" if world.size > 1 else ""), flush=True)
         train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
               show_progress=not args.no_progress, world=world)
     except UserError as e:

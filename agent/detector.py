@@ -239,6 +239,13 @@ class SwitchTracker:
         return self._detected.clone(), changed
 
 
+def majority_game(detected: torch.Tensor, num_classes: int) -> int:
+    """The game most streams are detected playing (``SwitchTracker.update``'s [B]; -1 = undecided),
+    or -1 when no stream has decided yet."""
+    counts = torch.bincount(detected[detected >= 0], minlength=num_classes)
+    return int(counts.argmax()) if counts.sum() > 0 else -1
+
+
 def switch_latency_steps(true_labels: Sequence[int], detected: Sequence[int]) -> list[int | None]:
     """How many steps the detection of one stream lags each true game change.
 

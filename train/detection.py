@@ -28,7 +28,7 @@ import copy
 import numpy as np
 import torch
 
-from agent.detector import GameDetector, SwitchTracker
+from agent.detector import GameDetector, SwitchTracker, majority_game
 from agent.prefetch import CohortPrefetcher, cohort_of
 
 TRAIN_EVERY = 8
@@ -69,8 +69,7 @@ class DetectorDriver:
         detected, _ = self.tracker.update(prediction)
         self.correct += int((prediction == self.game).sum())
         self.predicted += prediction.numel()
-        counts = torch.bincount(detected[detected >= 0], minlength=self.detector.num_classes)
-        majority = int(counts.argmax()) if counts.sum() > 0 else -1
+        majority = majority_game(detected, self.detector.num_classes)
         if majority == self.game and self.latency is None:
             self.latency = self.steps
         if majority != self.majority and majority >= 0:
@@ -120,8 +119,7 @@ class EvalDetection:
         self.correct += int((prediction == truth).sum())
         self.predicted += prediction.numel()
         detected, _ = self.tracker.update(prediction)
-        counts = torch.bincount(detected[detected >= 0], minlength=self.detector.num_classes)
-        majority = int(counts.argmax()) if counts.sum() > 0 else -1
+        majority = majority_game(detected, self.detector.num_classes)
         if majority != self.majority and majority >= 0:
             self.majority = majority
             if self.mode == "detector" and self.prefetcher is not None:

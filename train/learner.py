@@ -85,9 +85,10 @@ class Learner:
         # scaled as torch.nn.utils.clip_grad_norm_ does.
         # This rank's loss is its share of the global batch's: summed over the ranks, the gradients
         # are the global batch's, the same on every rank (dense first, then the agreed experts').
-        for p in self.model.parameters():
-            if p.grad is None and self.world.size > 1:
-                p.grad = torch.zeros_like(p)
+        if self.world.size > 1:
+            for p in self.model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None] + core.learner_grads()
         self.world.all_reduce_sum(grads)
         grad_norm = torch.nn.utils.get_total_norm(grads)

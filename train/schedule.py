@@ -95,11 +95,17 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     """Train the schedule of ``cfg`` in ``run_dir`` (new, or resumed from its latest checkpoint), as
     one rank of ``world`` (None: this process alone)."""
     world = world or World()
-    cfg.validate()
-    cfg.eval.validate()
-    device = world.device(resolve_device(cfg.device))
+    world.check_config(cfg.to_json())  # before validating: different flags on different ranks say so
+    try:
+        cfg.validate()
+        cfg.eval.validate()
+        device = world.device(resolve_device(cfg.device))
+    except UserError as e:  # the same config, so the same error on every rank: said once
+        world.fail(str(e))
     _check_world(cfg, world, device)
     world.limit_threads()
+    if world.main:
+        print(f"run dir: {run_dir}" + (f" ({world.size} ranks)" if world.size > 1 else ""), flush=True)
     rd = RunDir(Path(run_dir))
     world.on_rank0(lambda: rd.start(cfg, resume, allow_config_change))
     _seed_everything(cfg.seed)
@@ -154,8 +160,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
 
 
 def _check_world(cfg: RunConfig, world: World, device: torch.device) -> None:
-    """The same config on every rank (a hash compared), then settings a multi-rank run cannot take."""
-    world.check_config(cfg.to_json())
+    """Settings a multi-rank run cannot take (said once, by rank 0)."""
     world.local_envs(cfg.env.num_envs)
     if world.size > 1 and cfg.model.core == "moe" and cfg.model.rtrl_form == "step":
         world.fail("--rtrl-form step is the single-process reference: a distributed MoE run uses the segment form")
