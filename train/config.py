@@ -207,7 +207,8 @@ class RunConfig:
                 raise UserError(f"{flag} must be positive, got {value}")
         if not (math.isfinite(self.learner.learning_rate) and self.learner.learning_rate > 0):
             raise UserError(f"--lr must be a finite positive number, got {self.learner.learning_rate}")
-        for flag, value in {"--log-every": self.schedule.log_every, "--entropy-cost": self.learner.entropy_cost}.items():
+        for flag, value in {"--log-every": self.schedule.log_every, "--entropy-cost": self.learner.entropy_cost,
+                            "--balance-cost": self.model.balance_cost}.items():
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{flag} must be a finite number >= 0, got {value}")
         if self.schedule.switch_every < 0:
@@ -261,8 +262,6 @@ class RunConfig:
         if m.routing == "game" and m.top_k * games > m.num_experts:
             raise UserError(f"--routing game gives each of the {games} games its own {m.top_k} experts: "
                             f"needs --num-experts >= {m.top_k * games}, got {m.num_experts}")
-        if not (math.isfinite(m.balance_cost) and m.balance_cost >= 0):
-            raise UserError(f"balance cost must be a finite number >= 0, got {m.balance_cost}")
         if st.io_threads < 1:
             raise UserError(f"store io_threads must be >= 1, got {st.io_threads}")
         if st.prefetch in ("detector", "oracle") and st.hbm_experts < 2 * m.top_k:

@@ -124,6 +124,7 @@ def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     (["--hbm-experts", "3"], "--prefetch detector pins a game's cohort of at least --top-k (2) experts"),
     (["--core", "elstm", "--prefetch", "oracle"], "--prefetch oracle prefetches MoE experts: it needs --core moe"),
     (["--switch-every", "-5"], "--switch-every must be >= 0 frames"),
+    (["--balance-cost", "-1"], "--balance-cost must be a finite number >= 0, got -1.0"),
     (["--switch-every", "100"], "--switch-every (100) must be at least one update's frames"),
 ])
 def test_bad_moe_flags_are_one_line_errors(tmp_path, flags, message):
