@@ -37,10 +37,12 @@ MASKED_LOGIT = -1e9
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_actions: int, games: list[str] | None = None):
-        """``games``: the run's schedule (game names in stage order); the MoE core routes and counts by it."""
+    def __init__(self, cfg: ModelConfig, num_actions: int, games: list[str] | None = None, action_set: str = "full"):
+        """``games``: the run's schedule (game names in stage order); the MoE core routes and counts by it.
+        ``action_set``: ``full`` or ``minimal`` (``envs.registry.action_masks``): the actions each game's
+        logits keep; the others are masked in acting, learning and evaluation alike."""
         super().__init__()
-        from envs.registry import GAMES, game_id, num_actions as game_actions
+        from envs.registry import GAMES, action_masks, game_id
 
         self.num_actions = num_actions
         self.encoder = make_encoder(cfg.encoder, cfg.hidden_size)
@@ -48,10 +50,11 @@ class ActorCritic(nn.Module):
         self.core: Core = make_core(cfg, cfg.hidden_size + 1 + num_actions, schedule, len(GAMES))
         self.policy = nn.Linear(self.core.output_size, num_actions)
         self.value = nn.Linear(self.core.output_size, 1)
-        # One head serves every game; a game with fewer actions (a memory task) uses the first
-        # ``num_actions(game)`` of it. Not persistent: derived from the registry, not learned.
-        allowed = torch.arange(num_actions)[None, :] < torch.tensor([game_actions(g) for g in GAMES])[:, None]
-        self.register_buffer("allowed_actions", allowed, persistent=False)
+        # One head serves every game; each game keeps the logits of its own actions. Not persistent:
+        # derived from the registry and the config, not learned.
+        self.register_buffer("allowed_actions", torch.from_numpy(action_masks(action_set)), persistent=False)
+        if cfg.init == "orthogonal":
+            orthogonal_init(self)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         return self.core.initial_state(batch_size, device)
@@ -88,3 +91,14 @@ class ActorCritic(nn.Module):
                                                 inp.game_id)
         logits, values = self.heads(out, inp.game_id)
         return logits, values, context
+
+
+def orthogonal_init(model: "ActorCritic") -> None:
+    """cleanrl's initialisation: orthogonal weights with gain sqrt(2) in the encoder, 0.01 in the
+    policy head (a near-uniform first policy), 1 in the value head; zero biases. The core keeps its own."""
+    layers = [(m, 2 ** 0.5) for m in model.encoder.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for module, gain in layers + [(model.policy, 0.01), (model.value, 1.0)]:
+            # Into a contiguous copy: the encoder keeps its conv weights channels_last.
+            module.weight.copy_(nn.init.orthogonal_(torch.empty(module.weight.shape), gain=gain))
+            module.bias.zero_()

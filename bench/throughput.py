@@ -127,7 +127,7 @@ def _step_randomly(env, rng: np.random.Generator, seconds: float) -> tuple[int, 
 
 
 def _actor_only(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
-    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(device)
     env = _make_env(cfg, 1)
     rollouts: queue.Queue = queue.Queue(maxsize=1)
     params = ParamChannel()
@@ -150,7 +150,7 @@ def _actor_only(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
 
 
 def _train(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
-    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(device)
     learner = Learner(model, cfg, device)
     with tempfile.TemporaryDirectory(prefix=".bench-throughput-", dir=os.getcwd()) as work:
         store = open_store(cfg, model, learner, RunDir(Path(work)), device, snapshot=None)  # MoE core: its experts

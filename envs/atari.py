@@ -2,7 +2,11 @@
 
 Protocol: sticky actions (0.25), the full 18-action set for every game (one policy head serves
 all games), no life-loss terminal, a 27,000 agent-step cap, 84x84 grayscale, frame skip 4, frame
-stack 4, FIRE on reset. Rewards are returned raw; clipping is the learner's business.
+stack 4, FIRE on reset. Rewards are returned raw; clipping is the learner's business. Each step
+also reports which streams lost a life (``EnvStep.life_lost``), so that training may end the value
+bootstrap there (``--life-loss``) while episodes stay whole games; and :func:`minimal_action_mask`
+``envs/atari_data.py`` lists each game's minimal action set within the 18 (``--action-set minimal``
+masks the rest).
 
 Both backends (envpool, and ale-py's vector env for platforms without envpool) auto-reset in
 "next step" mode: the step after a terminal observation returns the first observation of a new
@@ -12,7 +16,7 @@ observation with ``first=True`` so the learner can mask the transition that led 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,7 +36,8 @@ class EnvStep:
     terminated: the episode ended by the game's rules at ``obs``. truncated: it hit the step cap.
     first: ``obs`` is the first of a new episode (the action that "led" to it had no effect).
     game_id: int64 id of the game (``envs.registry``). finished: (raw return, length in agent
-    steps) of the episodes that ended at this step, one tuple per ended stream.
+    steps) of the episodes that ended at this step, one tuple per ended stream. life_lost: the game
+    took a life at ``obs`` without ending the episode (Atari games with lives; all False otherwise).
     """
 
     obs: np.ndarray
@@ -42,6 +47,11 @@ class EnvStep:
     first: np.ndarray
     game_id: np.ndarray
     finished: list[tuple[float, int]]
+    life_lost: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.life_lost is None:
+            self.life_lost = np.zeros(len(self.reward), dtype=bool)
 
 
 class AtariVecEnv:
@@ -57,9 +67,11 @@ class AtariVecEnv:
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self._ended = np.zeros(num_envs, dtype=bool)
+        self._lives = np.zeros(num_envs, dtype=np.int64)
 
     def reset(self) -> EnvStep:
-        obs, _ = self._pool.reset()
+        obs, info = self._pool.reset()
+        self._lives = np.asarray(info["lives"], dtype=np.int64)
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._ended[:] = False
@@ -68,7 +80,7 @@ class AtariVecEnv:
                        np.ones(self.num_envs, dtype=bool), self._game_id.copy(), [])
 
     def step(self, actions: np.ndarray) -> EnvStep:
-        obs, reward, terminated, truncated, _ = self._pool.step(np.asarray(actions, dtype=np.int32))
+        obs, reward, terminated, truncated, info = self._pool.step(np.asarray(actions, dtype=np.int32))
         reward = reward.astype(np.float32, copy=False)
         first = self._ended.copy()
         # Streams that just auto-reset start counting afresh.
@@ -79,7 +91,10 @@ class AtariVecEnv:
         ended = terminated | truncated
         finished = [(float(self._returns[b]), int(self._lengths[b])) for b in np.flatnonzero(ended)]
         self._ended = ended
-        return EnvStep(obs, reward, terminated, truncated, first, self._game_id.copy(), finished)
+        lives = np.asarray(info["lives"], dtype=np.int64)
+        life_lost = (lives < self._lives) & ~first & ~ended
+        self._lives = lives
+        return EnvStep(obs, reward, terminated, truncated, first, self._game_id.copy(), finished, life_lost)
 
     def close(self) -> None:
         self._pool.close()

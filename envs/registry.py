@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
+
 from envs.atari import NUM_ACTIONS, AtariVecEnv
-from envs.atari_data import ATARI_GAMES, HUMAN_SCORES, RANDOM_SCORES
+from envs.atari_data import ATARI_GAMES, HUMAN_SCORES, MINIMAL_ACTIONS, RANDOM_SCORES
 from envs.memory import MEMORY_TASKS, make_memory_env
 from envs.memory.base import MemoryVecEnv
 from train.errors import UserError
@@ -65,6 +67,27 @@ def normalized_score(game: str, score: float) -> float:
 def num_actions(game: str) -> int:
     """Actions ``game`` takes: the first ``num_actions(game)`` of the shared policy head (18 for Atari)."""
     return MEMORY_TASKS[game].num_actions if game in MEMORY_TASKS else NUM_ACTIONS
+
+
+ACTION_SETS = ("full", "minimal")
+"""``--action-set`` choices: every game takes all 18 actions (Machado et al.), or its minimal set."""
+
+
+def action_masks(action_set: str = "full") -> np.ndarray:
+    """bool [len(GAMES), NUM_ACTIONS]: which actions of the shared policy head each game takes.
+
+    Memory tasks take their first ``num_actions(game)`` either way; Atari games take all 18 with
+    ``full`` and their minimal set (ale-py's, e.g. Breakout's NOOP, FIRE, RIGHT, LEFT) with ``minimal``.
+    """
+    if action_set not in ACTION_SETS:
+        raise UserError(f"--action-set {action_set!r} is not supported; choose one of {', '.join(ACTION_SETS)}")
+    masks = np.zeros((len(GAMES), NUM_ACTIONS), dtype=bool)
+    for i, game in enumerate(GAMES):
+        if game in MINIMAL_ACTIONS and action_set == "minimal":
+            masks[i, list(MINIMAL_ACTIONS[game])] = True
+        else:
+            masks[i, :num_actions(game)] = True
+    return masks
 
 
 def make_env(game: str, num_envs: int, seed: int, backend: str = "envpool", sticky_action_prob: float = 0.25,

@@ -62,7 +62,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
     history = read_curves(rd.eval, schedule_columns) if (rd.eval / CSV_NAME).exists() or references else None
 
     torch_device = resolve_device(device)
-    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games).to(torch_device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(torch_device)
     returns = np.full((len(stage_paths), len(columns)), np.nan)
     for row, path in enumerate(stage_paths):
         state = manager.load(path, map_location=torch_device)

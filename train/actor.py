@@ -29,7 +29,8 @@ class Rollout:
 
     frames uint8 [T+1, B, 4, 84, 84]; reward float32 [T+1, B] raw reward that arrived with frame t;
     first / terminated / done bool [T+1, B] (frame t starts an episode / ends one by the game's
-    rules / ends one by rules or the step cap); prev_action, action int64 [T+1, B] (the action
+    rules / ends one by rules or the step cap); life_lost bool [T+1, B] (the game took a life at frame
+    t without ending the episode; ``--life-loss`` cuts the bootstrap there); prev_action, action int64 [T+1, B] (the action
     before / chosen at frame t); behaviour_logits float32 [T+1, B, A]; game_id int64 [T+1, B].
     initial_state: the actor's core state before step 0. episodes: (raw return, length) of the
     episodes that ended inside the rollout. param_version: the parameter version that acted.
@@ -41,6 +42,7 @@ class Rollout:
     first: torch.Tensor
     terminated: torch.Tensor
     done: torch.Tensor
+    life_lost: torch.Tensor
     prev_action: torch.Tensor
     action: torch.Tensor
     behaviour_logits: torch.Tensor
@@ -159,6 +161,7 @@ class Actor(threading.Thread):
         rollout = Rollout(
             frames=stack("obs"), reward=stack("reward"), first=stack("first"),
             terminated=stack("terminated"), done=stack("terminated") | stack("truncated"),
+            life_lost=stack("life_lost"),
             prev_action=torch.from_numpy(np.stack([r["prev_action"] for r in records])),
             action=torch.stack([r["action"] for r in records]).cpu(),
             behaviour_logits=torch.stack([r["logits"] for r in records]).cpu(),

@@ -32,6 +32,10 @@ class EnvConfig:
     """Agent-step cap per episode (108,000 frames at frame skip 4)."""
     reward_clip: float = 1.0
     """Training rewards are clipped to [-x, x]; evaluation and logged returns are raw."""
+    action_set: str = "full"
+    """Actions each Atari game's policy takes: `full` (all 18, Machado et al.) or `minimal` (the game's own minimal set, e.g. 4 in Breakout; the one 18-way head stays and the other logits are masked in acting, learning and evaluation)."""
+    life_loss: bool = False
+    """Training only: a lost life ends the value bootstrap (discount 0) without resetting the game, as cleanrl's and torchbeast's episodic-life wrappers do; logged returns and every evaluation stay whole game-over episodes."""
 
 
 @dataclass
@@ -56,6 +60,8 @@ class ModelConfig:
     """MoE core: `learned` (top-k router on the core input, trained with a per-game balance loss) or `game` (hard routing by the schedule's game: the baseline)."""
     balance_cost: float = 0.01
     """MoE core: weight of the router's per-game load-balancing loss (per step, summed like the V-trace losses)."""
+    init: str = "torch"
+    """Weight initialisation of encoder and heads: `torch` (PyTorch's defaults) or `orthogonal` (cleanrl's: gain sqrt 2 in the encoder, 0.01 policy, 1 value, zero biases)."""
     lazy: bool = True
     """MoE core: lazy sensitivity updates of idle experts (cost grows with the active experts); False = eager (every expert every rollout; for comparison)."""
 
@@ -67,7 +73,11 @@ class LearnerConfig:
     discount: float = 0.99
     """Discount gamma per agent step."""
     learning_rate: float = 6e-4
-    """RMSprop learning rate at the start of the run; decays linearly to 0 over all stages."""
+    """Learning rate at the start of the run (after any warm-up); decays linearly to 0 over all stages."""
+    optimizer: str = "rmsprop"
+    """`rmsprop` (torch's: the square average starts at 0, so the first updates move weights by up to 1/sqrt(1 - alpha) = 10x the rate), `rmsprop-tf` (TensorFlow's, which the IMPALA paper's code used: the square average starts at 1) or `adam` (dense weights only; not with --core moe, whose experts keep RMSprop state in the store)."""
+    lr_warmup: int = 0
+    """Learner updates over which the learning rate ramps linearly from 0 to --lr (0 = none)."""
     rmsprop_alpha: float = 0.99
     """RMSprop smoothing constant."""
     rmsprop_eps: float = 0.01
@@ -216,6 +226,8 @@ class RunConfig:
         if 0 < self.schedule.switch_every < self.frames_per_update():
             raise UserError(f"--switch-every ({self.schedule.switch_every}) must be at least one update's frames "
                             f"(rollout length x num envs x 4 = {self.frames_per_update()})")
+        if self.learner.lr_warmup < 0:
+            raise UserError(f"--lr-warmup must be >= 0 updates (0 = off), got {self.learner.lr_warmup}")
         if self.model.unroll < 0:
             raise UserError(f"--unroll must be >= 0 (0 = whole rollout), got {self.model.unroll}")
         if not self.env.games:
@@ -229,6 +241,9 @@ class RunConfig:
             "--rtrl-form": (self.model.rtrl_form, ("segment", "step")),
             "--device": (self.device, ("auto", "cpu", "cuda")),
             "loss_reduction": (self.learner.loss_reduction, ("sum", "mean")),
+            "--action-set": (self.env.action_set, ("full", "minimal")),
+            "--init": (self.model.init, ("torch", "orthogonal")),
+            "--optimizer": (self.learner.optimizer, ("rmsprop", "rmsprop-tf", "adam")),
         }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
@@ -249,6 +264,9 @@ class RunConfig:
 
     def _validate_moe(self) -> None:
         m, st = self.model, self.store
+        if self.learner.optimizer == "adam":
+            raise UserError("--optimizer adam is for the dense cores: the MoE experts keep RMSprop state in the "
+                            "store; use --optimizer rmsprop or rmsprop-tf")
         if m.learning != "rtrl":
             raise UserError("--core moe trains its experts by exact RTRL: use --learning rtrl (TBPTT is for lstm/elstm)")
         if not 0 < m.top_k <= m.num_experts:

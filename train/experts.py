@@ -110,7 +110,9 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
         if (directory / MANIFEST).exists():  # a killed attempt that never checkpointed: start over
             shutil.rmtree(directory)
         streams = learner.world.local_envs(cfg.env.num_envs)
-        store = core.create_store(directory, streams, st.hbm_experts, st.dram_experts, device, io_threads=st.io_threads)
+        store = core.create_store(directory, streams, st.hbm_experts, st.dram_experts, device,
+                                  square_init=1.0 if cfg.learner.optimizer == "rmsprop-tf" else 0.0,
+                                  io_threads=st.io_threads)
     else:
         store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
                                  io_threads=st.io_threads)

@@ -6,8 +6,9 @@ torchbeast do; ``mean`` divides by the number of valid steps):
     value   = 0.5 * sum_t (v_s,t - V(x_t))^2                 (weighted by baseline_cost)
     entropy = -sum_t H(pi(. | x_t))                           (weighted by entropy_cost)
 Transitions out of a terminal frame (the env's auto-reset step, whose action had no effect) are
-masked out of every term and cut the V-trace trace. Bootstrapping stops only at true terminals:
-a step-cap truncation bootstraps from the value of its last frame.
+masked out of every term and cut the V-trace trace. Bootstrapping stops only at true terminals
+(and, with ``--life-loss``, at lost lives): a step-cap truncation bootstraps from the value of its
+last frame.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from agent.model import ActorCritic, Inputs
 from train.actor import Rollout
-from train.config import RunConfig
+from train.config import LearnerConfig, RunConfig
 from train.distributed import World
 from train.vtrace import vtrace
 
@@ -33,12 +34,13 @@ class Learner:
         self.world = world or World()
         model.core.world = self.world
         lc = cfg.learner
-        self.optimizer = torch.optim.RMSprop(model.parameters(), lr=lc.learning_rate, alpha=lc.rmsprop_alpha,
-                                             eps=lc.rmsprop_eps, momentum=lc.rmsprop_momentum)
-        # Linear decay over the whole run (all stages), measured in updates; the last update still learns.
-        total_updates = cfg.total_updates()
+        self.optimizer = make_optimizer(list(model.parameters()), lc)
+        # Linear decay over the whole run (all stages), measured in updates; the last update still
+        # learns. An optional linear warm-up over the first lr_warmup updates.
+        total_updates, warmup = cfg.total_updates(), lc.lr_warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda update: max(0.0, 1.0 - update / total_updates))
+            self.optimizer,
+            lambda update: min(1.0, (update + 1) / warmup if warmup else 1.0) * max(0.0, 1.0 - update / total_updates))
         self.version = 0
         self.carry: Any = model.core.learner_carry(self.world.local_envs(cfg.env.num_envs), device)
 
@@ -58,9 +60,12 @@ class Learner:
         target_logp = log_probs.gather(-1, actions).squeeze(-1)
         behaviour_logp = F.log_softmax(r.behaviour_logits[:-1], dim=-1).gather(-1, actions).squeeze(-1)
         valid = ~r.done[:-1]
+        # Bootstrapping stops at true terminals, and with --life-loss at a lost life too (the game
+        # goes on, and so does the core state: only the value target treats it as an end).
+        ends = r.terminated[1:] | r.life_lost[1:] if self.cfg.env.life_loss else r.terminated[1:]
         returns = vtrace(
             log_rhos=(target_logp - behaviour_logp).detach(),
-            discounts=lc.discount * (~r.terminated[1:]).to(values.dtype),
+            discounts=lc.discount * (~ends).to(values.dtype),
             rewards=clipped[1:], values=values[:-1].detach(), bootstrap_value=values[-1].detach(),
             valid=valid, rho_bar=lc.rho_bar, c_bar=lc.c_bar, pg_rho_bar=lc.pg_rho_bar,
         )
@@ -124,6 +129,22 @@ class Learner:
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
             group["initial_lr"], group["lr"] = base, base * factor
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lc: LearnerConfig) -> torch.optim.Optimizer:
+    """The dense weights' optimizer (``--optimizer``). ``rmsprop-tf`` is torch's RMSprop with every
+    square average started at 1, as TensorFlow's RMSProp (the IMPALA paper's code) starts it: the
+    first steps are then about lr * g, where a zero start makes them lr * sign(g) / sqrt(1 - alpha)."""
+    if lc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lc.learning_rate, eps=1e-5)  # cleanrl's eps
+    optimizer = torch.optim.RMSprop(params, lr=lc.learning_rate, alpha=lc.rmsprop_alpha, eps=lc.rmsprop_eps,
+                                    momentum=lc.rmsprop_momentum)
+    if lc.optimizer == "rmsprop-tf":
+        for p in params:
+            # torch fills a parameter's state only when it is empty (torch/optim/rmsprop.py _init_group).
+            optimizer.state[p] = {"step": torch.tensor(0.0), "square_avg": torch.ones_like(p),
+                                  **({"momentum_buffer": torch.zeros_like(p)} if lc.rmsprop_momentum else {})}
+    return optimizer
 
 
 def _to_device(r: Rollout, device: torch.device) -> Rollout:

@@ -147,15 +147,16 @@ class MoEELSTMCore(Core):
 
     # ------------------------------------------------------------------------------------- store
     def create_store(self, directory, batch_size: int, hbm: int, dram: int, device: torch.device | str,
-                     **kwargs) -> ExpertStore:
-        """A new store in ``directory`` holding every expert: the replica's parameters, zero RMSprop
-        state and zero sensitivities for ``batch_size`` streams."""
+                     square_init: float = 0.0, **kwargs) -> ExpertStore:
+        """A new store in ``directory`` holding every expert: the replica's parameters, RMSprop square
+        averages of ``square_init`` (0 as torch's RMSprop, 1 as TensorFlow's) and zero sensitivities
+        for ``batch_size`` streams."""
         N, D = self.output_size, self.input_size
         spec = expert_spec(N, D, batch_size, self.expert_F.dtype)
-        zeros_nd = torch.zeros(N, D, dtype=self.expert_F.dtype)
+        square_nd = torch.full((N, D), square_init, dtype=self.expert_F.dtype)
         zeros_bnd = torch.zeros(batch_size, N, D, dtype=self.expert_F.dtype)
-        init = lambda e: {"F": self.expert_F[e].cpu(), "Z": self.expert_Z[e].cpu(), "sq_F": zeros_nd,  # noqa: E731
-                          "sq_Z": zeros_nd, "S_F": zeros_bnd, "S_Z": zeros_bnd}
+        init = lambda e: {"F": self.expert_F[e].cpu(), "Z": self.expert_Z[e].cpu(), "sq_F": square_nd,  # noqa: E731
+                          "sq_Z": square_nd, "S_F": zeros_bnd, "S_Z": zeros_bnd}
         return ExpertStore.create(directory, spec, self.num_experts, hbm, dram, device, init=init, **kwargs)
 
     def attach_store(self, store: ExpertStore, rmsprop_alpha: float, rmsprop_eps: float) -> None:

@@ -23,7 +23,7 @@ def _bandit_rollout(model: ActorCritic, frames: torch.Tensor) -> Rollout:
         action = torch.multinomial(torch.softmax(logits.flatten(0, 1), -1), 1).view(T + 1, B)
     reward = torch.zeros(T + 1, B)
     reward[1:] = (action[:-1] == REWARDED).float()
-    return Rollout(frames=frames, reward=reward, first=no, terminated=no, done=no, prev_action=zeros, action=action,
+    return Rollout(frames=frames, reward=reward, first=no, terminated=no, done=no, life_lost=no, prev_action=zeros, action=action,
                    behaviour_logits=logits, game_id=zeros, initial_state=state)
 
 

@@ -30,7 +30,7 @@ def _rollout(g: torch.Generator, frames0: torch.Tensor | None = None, action0: t
     prev_action[2, 1] = 0
     return Rollout(
         frames=frames, reward=torch.rand(T + 1, B, generator=g) * 2 - 1, first=first, terminated=terminated,
-        done=terminated.clone(), prev_action=prev_action, action=action,
+        done=terminated.clone(), life_lost=torch.zeros_like(terminated), prev_action=prev_action, action=action,
         behaviour_logits=torch.randn(T + 1, B, A, generator=g), game_id=torch.zeros(T + 1, B, dtype=torch.int64),
         initial_state=(torch.zeros(B, H),),
     )
