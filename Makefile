@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/python run.py train
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q
 
 # Slow tests too (marked `slow`; skipped by `make test`).

@@ -12,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from train.config import EnvConfig, EvalConfig, LearnerConfig, ModelConfig, PRESETS, RunConfig, ScheduleConfig, \
-    StoreConfig, field_help, preset
-from train.errors import UserError
+from agent.config import ModelConfig
+from common.fields import field_help
+from envs.config import EnvConfig
+from eval.config import EvalConfig
+from storage.config import StoreConfig
+from train.config import LearnerConfig, PRESETS, RunConfig, ScheduleConfig, preset
+from common.errors import UserError
 
 # (flag, config section, field, type): each flag overrides one config field and takes its help
 # text from that field's docstring. Flags left out keep the preset's (or resumed run's) value.
@@ -148,12 +152,13 @@ def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfi
     distributed ``world`` the run dir and the saved config are rank 0's; the flags are each rank's own
     (``train/distributed.py`` compares the resulting configs)."""
     from train.distributed import World
-    from train.run_dir import RunDir
+    from storage.run_dir import RunDir
+    from train.run_dir import read_config
 
     world = world or World()
     run_dir = world.broadcast(args.run_dir or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     rd = RunDir(run_dir)
-    saved = world.on_rank0(lambda: rd.read_config().to_dict() if args.resume and rd.exists() else None)
+    saved = world.on_rank0(lambda: read_config(rd).to_dict() if args.resume and rd.exists() else None)
     saved = world.broadcast(saved)
     cfg = RunConfig.from_dict(saved) if saved is not None else preset(args.preset)
     for flag, section, name, kind in TRAIN_FLAGS:
@@ -213,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     if args.csv is not None:
         raise UserError("--csv applies only to --compare")
-    from eval.run_eval import evaluate_run
+    from train.evaluate_run import evaluate_run
 
     games = _games_list(args.games) if args.games is not None else None
     if args.episodes is not None and args.episodes <= 0:

@@ -11,7 +11,8 @@ from torch import nn
 
 from agent.cores import Core, State, make_core
 from agent.encoders import make_encoder
-from train.config import ModelConfig
+from envs.registry import GAMES, action_masks, game_id
+from agent.config import ModelConfig
 
 
 @dataclass
@@ -42,7 +43,6 @@ class ActorCritic(nn.Module):
         ``action_set``: ``full`` or ``minimal`` (``envs.registry.action_masks``): the actions each game's
         logits keep; the others are masked in acting, learning and evaluation alike."""
         super().__init__()
-        from envs.registry import GAMES, action_masks, game_id
 
         self.num_actions = num_actions
         self.encoder = make_encoder(cfg.encoder, cfg.hidden_size)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.errors import UserError
+from common.errors import UserError
 
 ROUTINGS = ("learned", "game")
 

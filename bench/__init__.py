@@ -17,7 +17,7 @@ import os
 import platform
 import sys
 
-from train.errors import UserError
+from common.errors import UserError
 
 
 BENCHMARKS: dict[str, str] = {"throughput": "bench.throughput", "rtrl": "bench.rtrl", "store": "bench.store", "moe": "bench.moe", "cache": "bench.cache"}
@@ -49,7 +49,7 @@ def machine_info() -> dict:
     """CPU model, core count, torch version and threads, and the device ``auto`` resolves to."""
     import torch
 
-    from train.config import resolve_device
+    from common.device import resolve_device
 
     device = resolve_device("auto")
     info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,

@@ -42,10 +42,11 @@ from envs.atari import FRAME_SKIP, NUM_ACTIONS
 from envs.memory import MEMORY_TASKS
 from envs.registry import make_env
 from train.actor import Actor, ParamChannel, Rollout, next_rollout
-from train.config import RunConfig, preset, resolve_device
+from common.device import resolve_device
+from train.config import RunConfig, preset
 from train.experts import open_store
 from train.learner import Learner
-from train.run_dir import RunDir
+from storage.run_dir import RunDir
 
 WARMUP_SECONDS = 1.5
 """Untimed run before each row's measurement (allocator, thread pools, env resets)."""

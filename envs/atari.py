@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from train.errors import UserError
+from common.errors import UserError
 
 NUM_ACTIONS = 18
 OBS_SHAPE = (4, 84, 84)

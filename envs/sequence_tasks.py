@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.errors import UserError
+from common.errors import UserError
 
 TASKS = ("copy", "anbn", "haystack")
 """The task names, in the order ``run.py diag`` lists them."""

@@ -32,8 +32,8 @@ import numpy as np
 from eval.forgetting import mean_or_none, read_forgetting
 from eval.metrics import stratified_bootstrap_ci
 from storage.atomic import atomic_write_text
-from train.errors import UserError
-from train.run_dir import RunDir
+from common.errors import UserError
+from storage.run_dir import RunDir
 
 CSV_NAME = "compare.csv"
 _RUN_METRICS = ("mean_forgetting", "bwt", "mean_zero_shot_transfer", "mean_forward_transfer")
@@ -95,7 +95,7 @@ def _load(root: Path) -> _Run:
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
     rd = RunDir(root)
-    config = _flatten(rd.read_config().to_dict())
+    config = _flatten(rd.read_config_json())
     doc = read_forgetting(rd.eval)
     if len(doc["hns"]) < 2:  # the before-training row alone: no stage has ended
         raise UserError(f"{rd.eval / 'forgetting.json'} has no stage rows; finish a stage, then "

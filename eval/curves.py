@@ -33,8 +33,8 @@ from matplotlib.figure import Figure
 from envs.registry import normalized_score
 from eval.metrics import auc_forward_transfer
 from storage.atomic import atomic_write_bytes, atomic_write_text
-from train.errors import UserError
-from train.run_dir import RunDir
+from common.errors import UserError
+from storage.run_dir import RunDir
 
 BEFORE, PERIODIC, STAGE = "before", "periodic", "stage"
 KINDS = (BEFORE, PERIODIC, STAGE)
@@ -173,7 +173,7 @@ def load_reference(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
         UserError: ``run_dir`` is not a run, trains more than one stage, or has not finished it.
     """
     rd = RunDir(Path(run_dir))
-    schedule = rd.read_config().env.games
+    schedule = rd.read_config_json()["env"]["games"]
     if len(schedule) != 1:
         raise UserError(f"--reference-run {run_dir} trains {len(schedule)} stages ({', '.join(schedule)}); "
                         "a reference run trains one game alone, e.g. `run.py train --games Breakout`")

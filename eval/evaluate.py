@@ -18,7 +18,8 @@ from agent.model import ActorCritic, Inputs
 from envs.registry import game_id, make_env, normalized_score
 from eval.curves import normalized_matrix
 from eval.forgetting import write_forgetting
-from train.config import EnvConfig, EvalConfig
+from envs.config import EnvConfig
+from eval.config import EvalConfig
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from eval.metrics import average_performance, zero_shot_forward_transfer
 from storage.atomic import atomic_write_bytes, atomic_write_text
-from train.errors import UserError
+from common.errors import UserError
 
 JSON_NAME = "forgetting.json"
 CSV_NAME = "forgetting.csv"

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from train.errors import UserError
+from common.errors import UserError
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

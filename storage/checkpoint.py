@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from storage.atomic import atomic_write, atomic_write_text
-from train.errors import UserError
+from common.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"

@@ -54,7 +54,7 @@ from storage.manifest import MANIFEST, Manifest, SlotRef
 from storage.slab import SUFFIX, Record, RecordSpec, SlabFile, empty_record, tensor_crc
 from storage.stats import StoreCounters
 from storage.transfer import Mover
-from train.errors import UserError
+from common.errors import UserError
 
 
 class CorruptExpertError(UserError):

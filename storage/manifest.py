@@ -29,7 +29,7 @@ from pathlib import Path
 
 from storage.atomic import atomic_write_text
 from storage.slab import RecordSpec, TensorSpec
-from train.errors import UserError
+from common.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.errors import UserError
+from common.errors import UserError
 
 ALIGN = 4096
 """Slot alignment in bytes (page size; the sector size of any NVMe drive divides it)."""

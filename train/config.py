@@ -13,57 +13,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from train.errors import UserError
-
-
-@dataclass
-class EnvConfig:
-    games: list[str] = field(default_factory=lambda: ["Pong", "Breakout"])
-    """Games trained in sequence, one stage each (Atari names as in `python run.py games`)."""
-    backend: str = "envpool"
-    """Vectorized env backend: `envpool` (fast C++ pool) or `gymnasium` (ale-py's vector env)."""
-    num_envs: int = 8
-    """Parallel env streams B; each stream is the same environment in every rollout."""
-    num_threads: int = 0
-    """Env worker threads (0 = one per core)."""
-    sticky_action_prob: float = 0.25
-    """Probability of repeating the previous action (Machado et al. 2018)."""
-    max_episode_steps: int = 27000
-    """Agent-step cap per episode (108,000 frames at frame skip 4)."""
-    reward_clip: float = 1.0
-    """Training rewards are clipped to [-x, x]; evaluation and logged returns are raw."""
-    action_set: str = "full"
-    """Actions each Atari game's policy takes: `full` (all 18, Machado et al.) or `minimal` (the game's own minimal set, e.g. 4 in Breakout; the one 18-way head stays and the other logits are masked in acting, learning and evaluation)."""
-    life_loss: bool = False
-    """Training only: a lost life ends the value bootstrap (discount 0) without resetting the game, as cleanrl's and torchbeast's episodic-life wrappers do; logged returns and every evaluation stay whole game-over episodes."""
-
-
-@dataclass
-class ModelConfig:
-    encoder: str = "nature"
-    """Frame encoder: `nature` (Nature DQN CNN, the CPU default) or `resnet` (IMPALA deep ResNet 16/32/32)."""
-    core: str = "lstm"
-    """Recurrent core: `lstm` (baseline, truncated BPTT only), `elstm` (element-wise LSTM: truncated BPTT or exact RTRL) or `moe` (Mixture-of-Experts eLSTM, exact lazy RTRL, experts in the tiered store)."""
-    hidden_size: int = 256
-    """Width of the encoder output and of the recurrent core."""
-    learning: str = "tbptt"
-    """How the core's recurrent weights learn: `tbptt` (backprop through the rollout, cut every --unroll steps) or `rtrl` (exact, untruncated real-time recurrent learning; eLSTM only)."""
-    unroll: int = 0
-    """Truncation length M for `tbptt` in steps (0 = the whole rollout); RTRL never truncates."""
-    rtrl_form: str = "segment"
-    """RTRL implementation: `segment` (BPTT in the rollout + carried sensitivities; fast) or `step` (per-step sensitivity update; the reference)."""
-    num_experts: int = 16
-    """MoE core: number of experts (the eLSTM's input projections F_e, Z_e)."""
-    top_k: int = 2
-    """MoE core: experts each step of each stream is routed to."""
-    routing: str = "learned"
-    """MoE core: `learned` (top-k router on the core input, trained with a per-game balance loss) or `game` (hard routing by the schedule's game: the baseline)."""
-    balance_cost: float = 0.01
-    """MoE core: weight of the router's per-game load-balancing loss (per step, summed like the V-trace losses)."""
-    init: str = "torch"
-    """Weight initialisation of encoder and heads: `torch` (PyTorch's defaults) or `orthogonal` (cleanrl's: gain sqrt 2 in the encoder, 0.01 policy, 1 value, zero biases)."""
-    lazy: bool = True
-    """MoE core: lazy sensitivity updates of idle experts (cost grows with the active experts); False = eager (every expert every rollout; for comparison)."""
+from agent.config import ModelConfig
+from common.errors import UserError
+from envs.atari import FRAME_SKIP
+from envs.config import EnvConfig
+from eval.config import EvalConfig
+from storage.config import StoreConfig
 
 
 @dataclass
@@ -113,35 +68,6 @@ class ScheduleConfig:
 
 
 @dataclass
-class EvalConfig:
-    episodes: int = 4
-    """Full evaluation episodes per game after each stage."""
-    greedy: bool = False
-    """Act greedily (argmax) in evaluation instead of sampling from the policy (true or false)."""
-    seed: int = 10_000
-    """Base seed of the evaluation envs; the same for every stage, so stages are comparable."""
-    every: int = 0
-    """Frames between periodic evaluations of every game during training (0 = only before training and after each stage); they feed eval/curves.csv|.png."""
-
-    def validate(self) -> None:
-        """Raise UserError on impossible evaluation settings."""
-        if self.every < 0:
-            raise UserError(f"--eval-every must be >= 0 frames (0 = off), got {self.every}")
-
-
-@dataclass
-class StoreConfig:
-    hbm_experts: int = 8
-    """Experts the hbm tier (the compute device; host memory on a CPU machine) holds; at least --top-k."""
-    dram_experts: int = 12
-    """Experts the dram tier (pinned host memory on a GPU machine) holds; between --hbm-experts and --num-experts."""
-    io_threads: int = 2
-    """Background threads that move experts between the tiers (prefetches)."""
-    prefetch: str = "lru"
-    """Which experts are kept hot in hbm: `none` (evicted after every update: the floor), `lru` (demand loads, LRU), `detector` (the game detector's change of game pins that game's expert cohort) or `oracle` (the known schedule does)."""
-
-
-@dataclass
 class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     """Environment settings."""
@@ -184,8 +110,6 @@ class RunConfig:
 
     def frames_per_update(self) -> int:
         """Environment frames consumed by one learner update: T steps x B streams x frame skip."""
-        from envs.atari import FRAME_SKIP
-
         return self.learner.rollout_length * self.env.num_envs * FRAME_SKIP
 
     def total_updates(self) -> int:
@@ -373,39 +297,3 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
-
-
-def field_help(cls: type, name: str) -> str:
-    """The docstring of a dataclass field (used as the CLI help text)."""
-    if cls not in _FIELD_DOCS:
-        _FIELD_DOCS[cls] = _collect_field_docs(cls)
-    return _FIELD_DOCS[cls][name]
-
-
-def _collect_field_docs(cls: type) -> dict[str, str]:
-    """Read the string literal that follows each field in the class source."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    docs: dict[str, str] = {}
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-_FIELD_DOCS: dict[type, dict[str, str]] = {}
-
-
-def resolve_device(name: str) -> "torch.device":
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a UserError."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)

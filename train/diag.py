@@ -47,7 +47,7 @@ from torch.nn import functional as F
 from agent.cores.elstm import ELSTMCore
 from envs.sequence_tasks import SequenceBatch, SequenceTask, make_task
 from train import logger as tags
-from train.errors import UserError
+from common.errors import UserError
 
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -269,7 +269,7 @@ def _train_and_evaluate(cfg: DiagConfig, task: SequenceTask, log: Callable[[str]
 
 def flag_help(name: str) -> str:
     """The CLI help text of a :class:`DiagConfig` field: its docstring, plus its default when it has one."""
-    from train.config import field_help
+    from common.fields import field_help
 
     default = getattr(DiagConfig, name)
     return field_help(DiagConfig, name) + ("" if default is None else f" [default: {default}]")

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from train.errors import UserError
+from common.errors import UserError
 
 class RankLost(UserError):
     """A collective failed: another rank died or stopped answering."""

@@ -42,7 +42,7 @@ from train.expert_metrics import nmi_game_expert, utilization_entropy
 from train.distributed import World
 from train.detection import DetectorDriver, EvalDetection, UsageCohorts
 from train.learner import Learner
-from train.run_dir import RunDir
+from storage.run_dir import RunDir
 
 
 @dataclass

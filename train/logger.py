@@ -46,7 +46,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from train.errors import UserError
+from common.errors import UserError
 
 SPS = "charts/SPS"
 FRAMES = "charts/frames"

@@ -50,14 +50,16 @@ from eval.forgetting import PNG_NAME, mean_or_none
 from storage.checkpoint import CheckpointManager
 from train import logger as tags
 from train.actor import Actor, ParamChannel, Rollout, next_rollout
-from train.config import RunConfig, resolve_device
+from common.device import resolve_device
+from train.config import RunConfig
 from train.distributed import World, replica_checksum
-from train.errors import UserError
+from common.errors import UserError
 from train.expert_metrics import usage_png
 from train.experts import CacheWindow, ExpertRun, cache_scalars, checkpoint_store, moe_core, start_experts
 from train.learner import Learner
 from train.logger import Logger
-from train.run_dir import RunDir
+from storage.run_dir import RunDir
+from train import run_dir as run_dirs
 
 
 @dataclass
@@ -107,7 +109,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     if world.main:
         print(f"run dir: {run_dir}" + (f" ({world.size} ranks)" if world.size > 1 else ""), flush=True)
     rd = RunDir(Path(run_dir))
-    world.on_rank0(lambda: rd.start(cfg, resume, allow_config_change))
+    world.on_rank0(lambda: run_dirs.start(rd, cfg, resume, allow_config_change))
     _seed_everything(cfg.seed)
 
     model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(device)

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from envs.memory.base import MemoryVecEnv
+from envs.memory import goal_locations, minigrid, nonmatching, watermaze
+from envs.memory.base import NUM_MOVES, MemoryVecEnv
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,6 @@ class MemoryTask:
 
 
 def _tasks() -> dict[str, MemoryTask]:
-    from envs.memory import goal_locations, minigrid, nonmatching, watermaze
-    from envs.memory.base import NUM_MOVES
-
     return {
         "watermaze": MemoryTask(watermaze.Watermaze, watermaze.EPISODE_STEPS, NUM_MOVES, 47.3, 2222.7,
                                 "rooms_watermaze", 4.065, 54.0),

@@ -8,7 +8,7 @@ import torch
 
 from agent.cores import LSTMCore
 from agent.model import ActorCritic, Inputs
-from train.config import ModelConfig
+from agent.config import ModelConfig
 
 T, B, D, H = 12, 3, 5, 7
 

@@ -9,7 +9,7 @@ import pytest
 
 from envs.atari import NUM_ACTIONS, OBS_SHAPE
 from envs.registry import GAMES, game_id, make_env, resolve_game, resolve_games
-from train.errors import UserError
+from common.errors import UserError
 
 
 def _run_and_check_episode_bookkeeping(env, steps: int, seed: int) -> dict:

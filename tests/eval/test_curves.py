@@ -24,7 +24,7 @@ from eval.curves import (
     write_curves,
 )
 from train.config import preset
-from train.errors import UserError
+from common.errors import UserError
 
 NAN = math.nan
 GAMES = ["Pong", "Breakout"]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from eval.forgetting import compute_metrics, read_forgetting, write_forgetting
-from train.errors import UserError
+from common.errors import UserError
 
 NAN = math.nan
 GAMES = ["Pong", "Breakout", "Qbert"]

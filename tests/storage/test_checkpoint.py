@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from storage.checkpoint import HEADER_SIZE, CheckpointManager
-from train.errors import UserError
+from common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ import storage.slab
 from storage.expert_store import CorruptExpertError, ExpertStore
 from storage.manifest import Manifest
 from storage.slab import TensorSpec
-from train.errors import UserError
+from common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 # Two kinds of different dtypes and sizes (one not a multiple of 4 KiB, one over a page).

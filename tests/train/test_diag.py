@@ -18,7 +18,7 @@ from agent.cores.elstm import RECURRENT
 from envs.sequence_tasks import AnBnTask, CopyTask, HaystackTask, make_task
 from tests.conftest import run_cli
 from train.diag import DiagConfig, DiagModel, accumulate_gradients, run_diag
-from train.errors import UserError
+from common.errors import UserError
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -10,8 +10,10 @@ import torch
 from agent.cores.elstm import RECURRENT
 from agent.model import ActorCritic, Inputs
 from train.actor import Rollout
-from train.config import EnvConfig, ModelConfig, RunConfig
-from train.errors import UserError
+from agent.config import ModelConfig
+from envs.config import EnvConfig
+from train.config import RunConfig
+from common.errors import UserError
 from train.learner import Learner
 
 T, B, A, H = 4, 2, 18, 16

@@ -8,8 +8,9 @@ from agent.model import ActorCritic, Inputs
 from envs.atari_data import ATARI_GAMES
 from envs.memory import MEMORY_TASKS
 from envs.registry import GAMES, game_id, make_env, normalized_score, num_actions, resolve_game, score_bounds
-from train.config import ModelConfig, preset
-from train.errors import UserError
+from agent.config import ModelConfig
+from train.config import preset
+from common.errors import UserError
 
 
 def test_memory_tasks_follow_the_57_atari_games_so_atari_ids_do_not_move():

@@ -20,9 +20,10 @@ from envs.atari import NUM_ACTIONS
 from eval.curves import CSV_NAME, eval_columns, load_reference, read_curves, reference_forward_transfer, write_curves
 from eval.evaluate import evaluate_games, record_returns
 from storage.checkpoint import CheckpointManager
-from train.config import resolve_device
-from train.errors import UserError
-from train.run_dir import RunDir
+from common.device import resolve_device
+from common.errors import UserError
+from storage.run_dir import RunDir
+from train.run_dir import read_config
 
 
 def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | None = None,
@@ -42,7 +43,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
             reference run that is not a finished single-task run of one of the schedule's games.
     """
     rd = RunDir(Path(run_dir))
-    cfg = rd.read_config()
+    cfg = read_config(rd)
     if episodes is not None:
         cfg.eval.episodes = episodes
     cfg.eval.greedy = cfg.eval.greedy or greedy

@@ -1,0 +1,32 @@
+"""The network settings of a run (``RunConfig.model``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+@dataclass
+class ModelConfig:
+    encoder: str = "nature"
+    """Frame encoder: `nature` (Nature DQN CNN, the CPU default) or `resnet` (IMPALA deep ResNet 16/32/32)."""
+    core: str = "lstm"
+    """Recurrent core: `lstm` (baseline, truncated BPTT only), `elstm` (element-wise LSTM: truncated BPTT or exact RTRL) or `moe` (Mixture-of-Experts eLSTM, exact lazy RTRL, experts in the tiered store)."""
+    hidden_size: int = 256
+    """Width of the encoder output and of the recurrent core."""
+    learning: str = "tbptt"
+    """How the core's recurrent weights learn: `tbptt` (backprop through the rollout, cut every --unroll steps) or `rtrl` (exact, untruncated real-time recurrent learning; eLSTM only)."""
+    unroll: int = 0
+    """Truncation length M for `tbptt` in steps (0 = the whole rollout); RTRL never truncates."""
+    rtrl_form: str = "segment"
+    """RTRL implementation: `segment` (BPTT in the rollout + carried sensitivities; fast) or `step` (per-step sensitivity update; the reference)."""
+    num_experts: int = 16
+    """MoE core: number of experts (the eLSTM's input projections F_e, Z_e)."""
+    top_k: int = 2
+    """MoE core: experts each step of each stream is routed to."""
+    routing: str = "learned"
+    """MoE core: `learned` (top-k router on the core input, trained with a per-game balance loss) or `game` (hard routing by the schedule's game: the baseline)."""
+    balance_cost: float = 0.01
+    """MoE core: weight of the router's per-game load-balancing loss (per step, summed like the V-trace losses)."""
+    init: str = "torch"
+    """Weight initialisation of encoder and heads: `torch` (PyTorch's defaults) or `orthogonal` (cleanrl's: gain sqrt 2 in the encoder, 0.01 policy, 1 value, zero biases)."""
+    lazy: bool = True
+    """MoE core: lazy sensitivity updates of idle experts (cost grows with the active experts); False = eager (every expert every rollout; for comparison)."""

@@ -1,0 +1,28 @@
+"""Docstrings of dataclass fields: the config's help texts (CLI flags) are read from the source."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+
+def field_help(cls: type, name: str) -> str:
+    """The docstring of a dataclass field (used as the CLI help text)."""
+    if cls not in _FIELD_DOCS:
+        _FIELD_DOCS[cls] = _collect_field_docs(cls)
+    return _FIELD_DOCS[cls][name]
+
+
+def _collect_field_docs(cls: type) -> dict[str, str]:
+    """Read the string literal that follows each field in the class source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+_FIELD_DOCS: dict[type, dict[str, str]] = {}

@@ -1,0 +1,24 @@
+"""The evaluation settings of a run (``RunConfig.eval``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import UserError
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 4
+    """Full evaluation episodes per game after each stage."""
+    greedy: bool = False
+    """Act greedily (argmax) in evaluation instead of sampling from the policy (true or false)."""
+    seed: int = 10_000
+    """Base seed of the evaluation envs; the same for every stage, so stages are comparable."""
+    every: int = 0
+    """Frames between periodic evaluations of every game during training (0 = only before training and after each stage); they feed eval/curves.csv|.png."""
+
+    def validate(self) -> None:
+        """Raise UserError on impossible evaluation settings."""
+        if self.every < 0:
+            raise UserError(f"--eval-every must be >= 0 frames (0 = off), got {self.every}")
