@@ -12,55 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.config import ModelConfig
-from common.fields import field_help
-from envs.config import EnvConfig
-from eval.config import EvalConfig
-from storage.config import StoreConfig
-from train.config import LearnerConfig, PRESETS, RunConfig, ScheduleConfig, preset
 from common.errors import UserError
-
-# (flag, config section, field, type): each flag overrides one config field and takes its help
-# text from that field's docstring. Flags left out keep the preset's (or resumed run's) value.
-TRAIN_FLAGS = [
-    ("--games", "env", "games", "games"),
-    ("--env-backend", "env", "backend", str),
-    ("--num-envs", "env", "num_envs", int),
-    ("--max-episode-steps", "env", "max_episode_steps", int),
-    ("--action-set", "env", "action_set", str),
-    ("--life-loss", "env", "life_loss", bool),
-    ("--init", "model", "init", str),
-    ("--optimizer", "learner", "optimizer", str),
-    ("--lr-warmup", "learner", "lr_warmup", int),
-    ("--frames-per-game", "schedule", "frames_per_game", int),
-    ("--checkpoint-every", "schedule", "checkpoint_every", int),
-    ("--log-every", "schedule", "log_every", float),
-    ("--switch-every", "schedule", "switch_every", int),
-    ("--encoder", "model", "encoder", str),
-    ("--core", "model", "core", str),
-    ("--learning", "model", "learning", str),
-    ("--unroll", "model", "unroll", int),
-    ("--rtrl-form", "model", "rtrl_form", str),
-    ("--hidden-size", "model", "hidden_size", int),
-    ("--num-experts", "model", "num_experts", int),
-    ("--top-k", "model", "top_k", int),
-    ("--routing", "model", "routing", str),
-    ("--balance-cost", "model", "balance_cost", float),
-    ("--hbm-experts", "store", "hbm_experts", int),
-    ("--dram-experts", "store", "dram_experts", int),
-    ("--prefetch", "store", "prefetch", str),
-    ("--rollout-length", "learner", "rollout_length", int),
-    ("--lr", "learner", "learning_rate", float),
-    ("--entropy-cost", "learner", "entropy_cost", float),
-    ("--episodes", "eval", "episodes", int),
-    ("--eval-every", "eval", "every", int),
-    ("--eval-greedy", "eval", "greedy", bool),
-    ("--seed", None, "seed", int),
-    ("--device", None, "device", str),
-]
-_SECTIONS = {"env": EnvConfig, "model": ModelConfig, "learner": LearnerConfig, "schedule": ScheduleConfig,
-             "eval": EvalConfig, "store": StoreConfig, None: RunConfig}
-
+from train.config import PRESETS, RunConfig, config_flags, preset, reconcile, set_field
 
 def _games_list(text: str) -> list[str]:
     from envs.registry import resolve_games
@@ -85,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a sequential multi-game run")
     tr.add_argument("--preset", default="default", choices=sorted(PRESETS),
                     help="named config to start from (default: %(default)s; `smoke` is a tiny check)")
-    for flag, section, name, _ in TRAIN_FLAGS:
-        tr.add_argument(flag, default=None, type=str, metavar=name.upper(),
-                        help=field_help(_SECTIONS[section], name) + " [preset's value if omitted]")
+    # One flag per config field (train/config.py), its help the field's docstring.
+    for f in config_flags():
+        tr.add_argument(f.flag, default=None, type=str, dest=_dest(f.flag), metavar=_metavar(f.kind),
+                        help=f"{f.help} [{f.key}; the preset's value if omitted]")
     tr.add_argument("--run-dir", type=Path, default=None,
                     help="where config, TensorBoard logs, checkpoints and evaluation go (default: runs/<preset>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
@@ -147,10 +101,19 @@ def _diag_help(name: str) -> str:
     return flag_help(name)
 
 
-def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfig, Path]:
-    """The preset (or, with --resume, the saved config) with the given flags applied. In a
-    distributed ``world`` the run dir and the saved config are rank 0's; the flags are each rank's own
-    (``train/distributed.py`` compares the resulting configs)."""
+def _dest(flag: str) -> str:
+    return "cfg_" + flag.lstrip("-").replace("-", "_")
+
+
+def _metavar(kind) -> str:
+    return {int: "N", float: "X", bool: "true|false", str: "NAME"}.get(kind, "A,B,...")
+
+
+def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfig, Path, list[str]]:
+    """The preset (or, with --resume, the saved config) with the given flags applied, and the
+    preset values that the flags made it drop (``train.config.reconcile``; a resumed config keeps
+    every value). In a distributed ``world`` the run dir and the saved config are rank 0's; the
+    flags are each rank's own (``train/distributed.py`` compares the resulting configs)."""
     from train.distributed import World
     from storage.run_dir import RunDir
     from train.run_dir import read_config
@@ -161,18 +124,19 @@ def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfi
     saved = world.on_rank0(lambda: read_config(rd).to_dict() if args.resume and rd.exists() else None)
     saved = world.broadcast(saved)
     cfg = RunConfig.from_dict(saved) if saved is not None else preset(args.preset)
-    for flag, section, name, kind in TRAIN_FLAGS:
-        raw = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if raw is None:
-            continue
-        target = cfg if section is None else getattr(cfg, section)
-        setattr(target, name, _parse(flag, raw, kind))
+    chosen = set()
+    for f in config_flags():
+        raw = getattr(args, _dest(f.flag))
+        if raw is not None:
+            set_field(cfg, f.key, _parse(f.flag, raw, f.kind))
+            chosen.add(f.key)
     cfg.env.games = _games_list(",".join(cfg.env.games))
-    return cfg, run_dir
+    dropped = reconcile(cfg, chosen) if saved is None else []
+    return cfg, run_dir, dropped
 
 
 def _parse(flag: str, raw: str, kind):
-    if kind == "games":
+    if kind == list[str]:
         return _games_list(raw)
     if kind is bool:
         if raw.lower() in ("true", "false"):
@@ -190,9 +154,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.dist_timeout <= 0:
         raise UserError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
-    world = World.from_environment(args.device or "auto", args.dist_timeout)
+    world = World.from_environment(args.cfg_device or "auto", args.dist_timeout)
     try:
-        cfg, run_dir = resolve_train_config(args, world)
+        cfg, run_dir, dropped = resolve_train_config(args, world)
+        if dropped and world.main:
+            print(f"preset {args.preset!r}: your flags replace {'; '.join(dropped)}", flush=True)
         train(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change,
               show_progress=not args.no_progress, world=world)
     except UserError as e:

@@ -8,21 +8,21 @@ from dataclasses import dataclass
 class ModelConfig:
     encoder: str = "nature"
     """Frame encoder: `nature` (Nature DQN CNN, the CPU default) or `resnet` (IMPALA deep ResNet 16/32/32)."""
-    core: str = "lstm"
+    core: str = "moe"
     """Recurrent core: `lstm` (baseline, truncated BPTT only), `elstm` (element-wise LSTM: truncated BPTT or exact RTRL) or `moe` (Mixture-of-Experts eLSTM, exact lazy RTRL, experts in the tiered store)."""
     hidden_size: int = 256
     """Width of the encoder output and of the recurrent core."""
-    learning: str = "tbptt"
+    learning: str = "rtrl"
     """How the core's recurrent weights learn: `tbptt` (backprop through the rollout, cut every --unroll steps) or `rtrl` (exact, untruncated real-time recurrent learning; eLSTM only)."""
     unroll: int = 0
     """Truncation length M for `tbptt` in steps (0 = the whole rollout); RTRL never truncates."""
     rtrl_form: str = "segment"
     """RTRL implementation: `segment` (BPTT in the rollout + carried sensitivities; fast) or `step` (per-step sensitivity update; the reference)."""
-    num_experts: int = 16
+    num_experts: int = 8
     """MoE core: number of experts (the eLSTM's input projections F_e, Z_e)."""
     top_k: int = 2
     """MoE core: experts each step of each stream is routed to."""
-    routing: str = "learned"
+    routing: str = "game"
     """MoE core: `learned` (top-k router on the core input, trained with a per-game balance loss) or `game` (hard routing by the schedule's game: the baseline)."""
     balance_cost: float = 0.01
     """MoE core: weight of the router's per-game load-balancing loss (per step, summed like the V-trace losses)."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from functools import cache
 
 
 def field_help(cls: type, name: str) -> str:
     """The docstring of a dataclass field (used as the CLI help text)."""
-    if cls not in _FIELD_DOCS:
-        _FIELD_DOCS[cls] = _collect_field_docs(cls)
-    return _FIELD_DOCS[cls][name]
+    return field_docs(cls)[name]
 
 
-def _collect_field_docs(cls: type) -> dict[str, str]:
+@cache
+def field_docs(cls: type) -> dict[str, str]:
     """Read the string literal that follows each field in the class source."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     docs: dict[str, str] = {}
@@ -23,6 +23,3 @@ def _collect_field_docs(cls: type) -> dict[str, str]:
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
-
-
-_FIELD_DOCS: dict[type, dict[str, str]] = {}

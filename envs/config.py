@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class EnvConfig:
-    games: list[str] = field(default_factory=lambda: ["Pong", "Breakout"])
+    games: list[str] = field(default_factory=lambda: ["Pong", "Breakout", "SpaceInvaders"])
     """Games trained in sequence, one stage each (Atari names as in `python run.py games`)."""
     backend: str = "envpool"
     """Vectorized env backend: `envpool` (fast C++ pool) or `gymnasium` (ale-py's vector env)."""

@@ -15,7 +15,7 @@ class EvalConfig:
     """Act greedily (argmax) in evaluation instead of sampling from the policy (true or false)."""
     seed: int = 10_000
     """Base seed of the evaluation envs; the same for every stage, so stages are comparable."""
-    every: int = 0
+    every: int = 200_000
     """Frames between periodic evaluations of every game during training (0 = only before training and after each stage); they feed eval/curves.csv|.png."""
 
     def validate(self) -> None:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 @dataclass
 class StoreConfig:
-    hbm_experts: int = 8
+    hbm_experts: int = 4
     """Experts the hbm tier (the compute device; host memory on a CPU machine) holds; at least --top-k."""
-    dram_experts: int = 12
+    dram_experts: int = 5
     """Experts the dram tier (pinned host memory on a GPU machine) holds; between --hbm-experts and --num-experts."""
     io_threads: int = 2
     """Background threads that move experts between the tiers (prefetches)."""
-    prefetch: str = "lru"
+    prefetch: str = "detector"
     """Which experts are kept hot in hbm: `none` (evicted after every update: the floor), `lru` (demand loads, LRU), `detector` (the game detector's change of game pins that game's expert cohort) or `oracle` (the known schedule does)."""

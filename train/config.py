@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import ModelConfig
 from common.errors import UserError
+from common.fields import field_help
 from envs.atari import FRAME_SKIP
 from envs.config import EnvConfig
 from eval.config import EvalConfig
@@ -57,9 +59,9 @@ class LearnerConfig:
 
 @dataclass
 class ScheduleConfig:
-    frames_per_game: int = 2_000_000
+    frames_per_game: int = 400_000
     """Environment frames (agent steps x 4) trained per stage."""
-    checkpoint_every: int = 500_000
+    checkpoint_every: int = 200_000
     """Frames between periodic checkpoints (stage ends always checkpoint)."""
     log_every: float = 5.0
     """Seconds between TensorBoard scalar writes."""
@@ -212,31 +214,25 @@ class RunConfig:
 
 
 def _preset_default() -> RunConfig:
-    """`make run`, the full system in 8-9 minutes on a 2-core CPU: three Atari games in sequence,
-    the MoE eLSTM trained by exact RTRL, its experts in the tiered store with an hbm of two cohorts
-    (so every stage and every evaluation moves experts between the tiers), detector prefetch, and
-    the forgetting evaluation. Game routing gives each game its own cohort of --top-k experts; the
-    learned router's per-game balance loss spreads a game over every expert, which an hbm smaller
-    than --num-experts cannot cache."""
-    cfg = RunConfig()
-    cfg.env.games = ["Pong", "Breakout", "SpaceInvaders"]
-    cfg.model.core = "moe"
-    cfg.model.learning = "rtrl"
-    cfg.model.num_experts = 8
-    cfg.model.top_k = 2
-    cfg.model.routing = "game"
-    cfg.store.hbm_experts = 4
-    cfg.store.dram_experts = 5
-    cfg.store.prefetch = "detector"
-    cfg.schedule.frames_per_game = 400_000
-    cfg.schedule.checkpoint_every = 200_000
-    cfg.eval.every = 200_000
+    """`make run`, the full system in 8-9 minutes on a 2-core CPU: the dataclass defaults. Three
+    Atari games in sequence, the MoE eLSTM trained by exact RTRL, its experts in the tiered store
+    with an hbm of two cohorts (so every stage and every evaluation moves experts between the
+    tiers), detector prefetch, and the forgetting evaluation. Game routing gives each game its own
+    cohort of --top-k experts; the learned router's per-game balance loss spreads a game over every
+    expert, which an hbm smaller than --num-experts cannot cache."""
+    return RunConfig()
+
+
+def _dense(cfg: RunConfig, core: str = "lstm", learning: str = "tbptt") -> RunConfig:
+    """``cfg`` with a dense core (no experts: the store's cohort prefetch does not apply)."""
+    cfg.model.core, cfg.model.learning = core, learning
+    cfg.store.prefetch = "lru"
     return cfg
 
 
 def _preset_smoke() -> RunConfig:
-    """A few thousand frames per game: checks the whole pipeline in well under a minute."""
-    cfg = RunConfig()
+    """A few thousand frames per game with the LSTM: checks the whole pipeline in well under a minute."""
+    cfg = _dense(RunConfig())
     cfg.env.games = ["Pong", "Breakout"]
     cfg.env.num_envs = 4
     cfg.env.max_episode_steps = 200  # so that even Pong finishes episodes in a few thousand frames
@@ -251,7 +247,7 @@ def _preset_smoke() -> RunConfig:
 
 def _preset_impala() -> RunConfig:
     """The IMPALA paper's Atari network (deep ResNet) and a longer schedule: for GPUs."""
-    cfg = RunConfig()
+    cfg = _dense(RunConfig())
     cfg.env.games = ["Pong", "Breakout", "SpaceInvaders"]
     cfg.env.num_envs = 32
     cfg.model.encoder = "resnet"
@@ -264,11 +260,9 @@ def _preset_impala() -> RunConfig:
 
 def _preset_memory_rtrl() -> RunConfig:
     """Irie et al. (ICLR 2024, Table 1) at CPU scale: the eLSTM trained by exact RTRL on `watermaze`."""
-    cfg = RunConfig()
+    cfg = _dense(RunConfig(), core="elstm", learning="rtrl")
     cfg.env.games = ["watermaze"]
     cfg.env.num_envs = 8
-    cfg.model.core = "elstm"
-    cfg.model.learning = "rtrl"
     cfg.model.hidden_size = 128
     # Sparse rewards (a random agent finds the platform about every 400 steps): a higher rate and a
     # smaller entropy bonus than the Atari defaults, or the policy stays near uniform for the budget.
@@ -277,6 +271,7 @@ def _preset_memory_rtrl() -> RunConfig:
     cfg.schedule.frames_per_game = 800_000
     cfg.schedule.checkpoint_every = 400_000
     cfg.eval.episodes = 4
+    cfg.eval.every = 0
     return cfg
 
 
@@ -297,3 +292,97 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+SECTIONS = ("env", "model", "learner", "schedule", "eval", "store")
+"""The config's sections, each a dataclass of its package's settings."""
+
+FLAG_NAMES = {
+    "env.backend": "--env-backend", "env.num_threads": "--env-threads", "learner.learning_rate": "--lr",
+    "eval.episodes": "--episodes", "eval.every": "--eval-every", "eval.greedy": "--eval-greedy",
+    "eval.seed": "--eval-seed", "store.io_threads": "--io-threads",
+}
+"""Flags whose name is not the field's own (``--<field-name>``): short or unambiguous names."""
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One `run.py train` flag: it sets the config field ``key`` (``section.name``, or ``name`` at the top)."""
+
+    flag: str
+    key: str
+    kind: Any
+    """``int``, ``float``, ``str``, ``bool`` or ``list[str]``."""
+    help: str
+
+
+def config_flags() -> list[ConfigFlag]:
+    """A flag for every field of :class:`RunConfig`, its help the field's docstring."""
+    flags = []
+    for section in SECTIONS + (None,):
+        cls = RunConfig if section is None else type(getattr(RunConfig(), section))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if section is None and f.name in SECTIONS:
+                continue
+            key = f.name if section is None else f"{section}.{f.name}"
+            flag = FLAG_NAMES.get(key, "--" + f.name.replace("_", "-"))
+            flags.append(ConfigFlag(flag, key, hints[f.name], field_help(cls, f.name)))
+    return flags
+
+
+def set_field(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set the field ``key`` (``section.name`` or ``name``) of ``cfg``."""
+    *section, name = key.split(".")
+    setattr(getattr(cfg, section[0]) if section else cfg, name, value)
+
+
+def get_field(cfg: RunConfig, key: str) -> Any:
+    *section, name = key.split(".")
+    return getattr(getattr(cfg, section[0]) if section else cfg, name)
+
+
+def reconcile(cfg: RunConfig, chosen: set[str]) -> list[str]:
+    """Drop the preset's values that the user's flags (the field keys in ``chosen``) contradict.
+
+    A preset is one valid config; a flag the user chose may need other fields to follow it (with
+    the default preset, `--core lstm` needs `--learning tbptt` and no cohort prefetch). Each field
+    the user did not choose is moved to the value the choice needs; a field the user did choose is
+    never changed (if it contradicts another choice, validation says so). Returns one line per
+    dropped value, ``key: old -> new (why)``, for the console.
+    """
+    dropped: list[str] = []
+
+    def follow(key: str, value: Any, why: str) -> None:
+        old = get_field(cfg, key)
+        if key not in chosen and old != value:
+            set_field(cfg, key, value)
+            dropped.append(f"{key}: {old!r} -> {value!r} ({why})")
+
+    m, st = cfg.model, cfg.store
+    if m.core == "lstm" and m.learning == "rtrl":
+        follow("model.learning", "tbptt", "the LSTM learns by truncated BPTT")
+    if m.core == "moe" and m.learning == "tbptt":
+        follow("model.learning", "rtrl", "the MoE core learns by RTRL")
+    if m.learning == "rtrl" and m.unroll:
+        follow("model.unroll", 0, "RTRL never truncates")
+    if m.core != "moe":
+        if st.prefetch in ("detector", "oracle"):
+            follow("store.prefetch", "lru", "cohort prefetch needs --core moe")
+        return dropped
+    if cfg.learner.optimizer == "adam":
+        follow("learner.optimizer", "rmsprop", "the experts keep RMSprop state")
+    if m.routing == "game":
+        games = len(dict.fromkeys(cfg.env.games))
+        if m.top_k * games > m.num_experts:
+            follow("model.num_experts", m.top_k * games, f"game routing gives each of {games} games {m.top_k} experts")
+    cohort = 2 * m.top_k if st.prefetch in ("detector", "oracle") else m.top_k
+    if st.hbm_experts < cohort:
+        follow("store.hbm_experts", cohort, "hbm holds the experts in use and a prefetched cohort")
+    if st.hbm_experts > m.num_experts:
+        follow("store.hbm_experts", m.num_experts, "no more than --num-experts")
+    if st.dram_experts < st.hbm_experts:
+        follow("store.dram_experts", st.hbm_experts, "dram holds at least what hbm holds")
+    if st.dram_experts > m.num_experts:
+        follow("store.dram_experts", m.num_experts, "no more than --num-experts")
+    return dropped
