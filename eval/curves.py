@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from envs.registry import normalized_score
-from eval.metrics import auc_forward_transfer
+from eval.metrics import auc_forward_transfer, first_stages
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from common.errors import UserError
 from storage.run_dir import RunDir
@@ -151,9 +151,7 @@ def reference_forward_transfer(
         ``{game: FT}`` for every game; ``None`` without a reference, before the game's first stage
         ended, with fewer than 2 shared points, or when :math:`\mathrm{AUC}^{ref} \ge 1`.
     """
-    first: dict[str, int] = {}
-    for i, game in enumerate(schedule, start=1):
-        first.setdefault(game, i)
+    first = first_stages(schedule)
     result: dict[str, float | None] = {}
     for j, game in enumerate(games):
         curve = stage_curve(history, first[game]) if game in references and game in first else None

@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from eval.metrics import average_performance, zero_shot_forward_transfer
+from eval.metrics import average_performance, first_stages, zero_shot_forward_transfer
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from common.errors import UserError
 
@@ -89,9 +89,7 @@ def compute_metrics(hns: np.ndarray, stage_games: list[str], games: list[str],
     last = len(stage_games)
     final = hns[last]
     column = {game: j for j, game in enumerate(games)}
-    first_stage: dict[str, int] = {}
-    for i, game in enumerate(stage_games, start=1):
-        first_stage.setdefault(game, i)
+    first_stage = first_stages(stage_games)
 
     forgetting: dict[str, float | None] = {}
     for j, game in enumerate(games):
