@@ -31,7 +31,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from envs.registry import normalized_score
-from eval.metrics import auc_forward_transfer
+from eval.metrics import auc_forward_transfer, first_stages
+from eval.score_csv import score_cells, score_header
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from common.errors import UserError
 from storage.run_dir import RunDir
@@ -151,9 +152,7 @@ def reference_forward_transfer(
         ``{game: FT}`` for every game; ``None`` without a reference, before the game's first stage
         ended, with fewer than 2 shared points, or when :math:`\mathrm{AUC}^{ref} \ge 1`.
     """
-    first: dict[str, int] = {}
-    for i, game in enumerate(schedule, start=1):
-        first.setdefault(game, i)
+    first = first_stages(schedule)
     result: dict[str, float | None] = {}
     for j, game in enumerate(games):
         curve = stage_curve(history, first[game]) if game in references and game in first else None
@@ -197,11 +196,10 @@ def write_curves(eval_dir: Path, games: list[str], schedule: list[str], history:
     hns = normalized_matrix(games, returns)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["frames", "stage", "kind", "game"] + [f"{k}/{g}" for g in games for k in ("return", "hns")])
+    writer.writerow(_csv_header(games))
     for p, r, h in zip(history, returns, hns):
         trained = schedule[p["stage"] - 1] if p["stage"] > 0 else ""
-        writer.writerow([p["frames"], p["stage"], p["kind"], trained] + [_cell(m[j]) for j in range(len(games))
-                                                                         for m in (r, h)])
+        writer.writerow([p["frames"], p["stage"], p["kind"], trained] + score_cells(r, h))
     atomic_write_text(eval_dir / CSV_NAME, out.getvalue())
     atomic_write_bytes(eval_dir / PNG_NAME, _curves_png(games, schedule, history, hns))
 
@@ -218,8 +216,7 @@ def read_curves(eval_dir: Path, games: list[str]) -> list[dict[str, Any]]:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise UserError(f"no {path}; it is written while the run trains") from None
-    header = ["frames", "stage", "kind", "game"] + [f"{k}/{g}" for g in games for k in ("return", "hns")]
-    if not rows or rows[0] != header:
+    if not rows or rows[0] != _csv_header(games):
         raise UserError(f"{path} is not an evaluation-curves file for games {', '.join(games)}")
     try:
         return [eval_point(int(r[0]), int(r[1]), r[2], [float(r[4 + 2 * j]) if r[4 + 2 * j] else math.nan
@@ -243,8 +240,9 @@ def _aligned_ft(game: str, x: np.ndarray, y: np.ndarray, x_ref: np.ndarray, y_re
     return ft[game]
 
 
-def _cell(x: float) -> str:
-    return repr(float(x)) if math.isfinite(x) else ""
+def _csv_header(games: list[str]) -> list[str]:
+    """The columns of ``curves.csv``: the point's fields, then :func:`eval.score_csv.score_header`."""
+    return ["frames", "stage", "kind", "game"] + score_header(games)
 
 
 def _curves_png(games: list[str], schedule: list[str], history: list[dict[str, Any]], hns: np.ndarray) -> bytes:

@@ -24,7 +24,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from eval.metrics import average_performance, zero_shot_forward_transfer
+from eval.metrics import average_performance, first_stages, zero_shot_forward_transfer
+from eval.score_csv import score_cells, score_header
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from common.errors import UserError
 
@@ -89,9 +90,7 @@ def compute_metrics(hns: np.ndarray, stage_games: list[str], games: list[str],
     last = len(stage_games)
     final = hns[last]
     column = {game: j for j, game in enumerate(games)}
-    first_stage: dict[str, int] = {}
-    for i, game in enumerate(stage_games, start=1):
-        first_stage.setdefault(game, i)
+    first_stage = first_stages(stage_games)
 
     forgetting: dict[str, float | None] = {}
     for j, game in enumerate(games):
@@ -212,16 +211,10 @@ def _csv_text(games: list[str], stages: list[str], returns: np.ndarray, hns: np.
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["stage"] + [f"{kind}/{game}" for game in games for kind in ("return", "hns")])
+    writer.writerow(["stage"] + score_header(games))
     for s, stage in enumerate(stages):
-        cells = [_csv_cell(m[s, j]) for j in range(len(games)) for m in (returns, hns)]
-        writer.writerow([stage] + cells)
+        writer.writerow([stage] + score_cells(returns[s], hns[s]))
     return out.getvalue()
-
-
-def _csv_cell(x: float) -> str:
-    """A float at full precision, or an empty cell for NaN/inf."""
-    return repr(float(x)) if math.isfinite(x) else ""
 
 
 def _heatmap_png(games: list[str], stages: list[str], hns: np.ndarray) -> bytes:

@@ -28,10 +28,22 @@ from numpy.typing import ArrayLike
 __all__ = [
     "auc_forward_transfer",
     "average_performance",
+    "first_stages",
     "iqm",
     "stratified_bootstrap_ci",
     "zero_shot_forward_transfer",
 ]
+
+
+def first_stages(stage_games: Sequence[str]) -> dict[str, int]:
+    """``{game: i_g}``: the first stage (1-based) that trains each game of ``stage_games`` ``[S]``.
+
+    A game trained again later keeps its first stage; a game never trained is absent.
+    """
+    first: dict[str, int] = {}
+    for i, game in enumerate(stage_games, start=1):
+        first.setdefault(game, i)
+    return first
 
 
 def zero_shot_forward_transfer(
@@ -62,9 +74,7 @@ def zero_shot_forward_transfer(
     expected = (len(stage_games) + 1, len(games))
     if R.ndim != 2 or R.shape != expected or len(stage_games) == 0:
         raise ValueError(f"R must be [S + 1, G] = {list(expected)} with S >= 1, got shape {R.shape}")
-    first_stage: dict[str, int] = {}
-    for i, game in enumerate(stage_games, start=1):
-        first_stage.setdefault(game, i)
+    first_stage = first_stages(stage_games)
     result: dict[str, float | None] = {}
     for j, game in enumerate(games):
         i = first_stage.get(game)

@@ -45,6 +45,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -307,12 +308,9 @@ class ExpertStore:
                     self.counters.dram_misses += ent.dram is None
                     ent.busy = True
                     self._lease(e)  # leased before the load ends, so nothing evicts it in between
-                try:
+                # Not fatal here: _bring_in has already recorded its own failure as the store's error.
+                with self._settling(undo=lambda: self._unlease(e), fatal=False):
                     self._bring_in(e, False)
-                except BaseException:
-                    with self._cv:
-                        self._unlease(e)
-                    raise
             with self._cv:
                 self._touch(e)
             return time.perf_counter() - start
@@ -324,9 +322,9 @@ class ExpertStore:
         held[e] = held.get(e, 0) + 1
 
     def _unlease(self, e: int) -> None:
+        """Undo one :meth:`_lease` of expert ``e`` by the calling thread (lock held)."""
         self._experts[e].uses -= 1
         self._held[threading.get_ident()][e] -= 1
-        self._cv.notify_all()
 
     def _touch(self, e: int) -> None:
         """Mark a demand access in the LRU orders (lock held)."""
@@ -351,15 +349,16 @@ class ExpertStore:
                 ent.busy = ent.prefetching = True
                 self.counters.prefetch_issued += 1
                 started.append(e)
+
+        def unclaim(rest: list[int]) -> None:
+            for x in rest:
+                self._experts[x].busy = self._experts[x].prefetching = False
+
         for i, e in enumerate(started):
-            try:
+            # A submit can fail (e.g. the pool shut down meanwhile): then nothing not yet submitted may
+            # stay "in flight". Not a failure of the store's data, so the store stays usable.
+            with self._settling(undo=partial(unclaim, started[i:]), fatal=False):
                 self._pool.submit(self._prefetch_job, e)
-            except BaseException:  # e.g. the pool shut down meanwhile: nothing may stay "in flight"
-                with self._cv:
-                    for x in started[i:]:
-                        self._experts[x].busy = self._experts[x].prefetching = False
-                    self._cv.notify_all()
-                raise
 
     def pin(self, ids: Iterable[int]) -> None:
         """Never evict ``ids`` from hbm until :meth:`unpin`; prefetches those not resident."""
@@ -413,7 +412,21 @@ class ExpertStore:
         ent = self._experts[e]
         loaded = False
         h = None
-        try:
+
+        def settle() -> None:  # reads h and loaded as they stand when the transfer ends
+            if h is not None:  # reserved but not used: give it back
+                self._hbm.free.append(h)
+            ent.busy = False
+            if prefetch:
+                if loaded and ent.demand_waiting:
+                    self.counters.prefetch_used += 1
+                    self.counters.prefetch_late += 1
+                else:
+                    ent.prefetched = loaded
+                    self.counters.prefetch_dropped += not loaded
+                ent.prefetching = ent.demand_waiting = False
+
+        with self._settling(done=settle):
             with self._cv:
                 h, victim = self._reserve(self._hbm, e, prefetch, lambda x: self._experts[x].pins == 0)
             if h is None:
@@ -440,23 +453,6 @@ class ExpertStore:
                 self.counters.bytes_dram_to_hbm += self._record_bytes
             loaded = True
             return True
-        except BaseException as err:
-            self._fail(err)
-            raise
-        finally:
-            with self._cv:
-                if h is not None:  # reserved but not used: give it back
-                    self._hbm.free.append(h)
-                ent.busy = False
-                if prefetch:
-                    if loaded and ent.demand_waiting:
-                        self.counters.prefetch_used += 1
-                        self.counters.prefetch_late += 1
-                    else:
-                        ent.prefetched = loaded
-                        self.counters.prefetch_dropped += not loaded
-                    ent.prefetching = ent.demand_waiting = False
-                self._cv.notify_all()
 
     def _reserve(self, pool: _Pool, owner: int, prefetch: bool,
                  eligible: Callable[[int], bool]) -> tuple[int | None, int | None]:
@@ -501,17 +497,13 @@ class ExpertStore:
     def _evict_hbm(self, x: int, h: int, free: bool = False) -> None:
         """Write victim ``x``'s hbm buffer ``h`` back to its dram buffer if dirty; clears ``busy``
         (and, with ``free``, returns ``h`` to the free list in the same step)."""
-        try:
+        def settle() -> None:
+            if free:
+                self._hbm.free.append(h)
+            self._experts[x].busy = False
+
+        with self._settling(done=settle):
             self._write_back_hbm(x, h)
-        except BaseException as err:
-            self._fail(err)
-            raise
-        finally:
-            with self._cv:
-                if free:
-                    self._hbm.free.append(h)
-                self._experts[x].busy = False
-                self._cv.notify_all()
 
     def _write_back_hbm(self, x: int, h: int, after: "torch.cuda.Event | None" = None) -> None:
         """Copy expert ``x``'s hbm buffer ``h`` into its dram buffer if the hbm copy is newer.
@@ -531,17 +523,14 @@ class ExpertStore:
     def _evict_dram(self, x: int, d: int) -> None:
         """Write victim ``x``'s dram buffer ``d`` to a free NVMe slot if dirty; clears ``busy``."""
         ent = self._experts[x]
-        try:
+
+        def settle() -> None:
+            ent.busy = False
+
+        with self._settling(done=settle):
             if ent.dram_dirty:
                 self._mover.wait_host(self._dram.events[d])
                 self._write_nvme(x, self._dram.buffers[d])
-        except BaseException as err:
-            self._fail(err)
-            raise
-        finally:
-            with self._cv:
-                ent.busy = False
-                self._cv.notify_all()
 
     def _write_nvme(self, x: int, record: Record) -> None:
         """Write a host record of expert ``x`` into a slot no committed state names (uncommitted until
@@ -580,11 +569,8 @@ class ExpertStore:
             while any(ent.busy for ent in self._experts):
                 self._cv.wait()
             self._check_error()  # a transfer that failed while this thread waited
-            try:
+            with self._settling():
                 self._flush_locked(snapshot)
-            except BaseException as err:
-                self._fail(err)
-                raise
 
     def checkpoint(self, tag: str) -> None:
         """Flush, and retain this committed state as snapshot ``tag`` (the newest ``keep_snapshots``
@@ -682,6 +668,32 @@ class ExpertStore:
         self.close()
 
     # ----------------------------------------------------------------------------- helpers
+    @contextmanager
+    def _settling(self, done: Callable[[], None] | None = None, undo: Callable[[], None] | None = None,
+                  fatal: bool = True) -> Iterator[None]:
+        """Run a step that has claimed experts or buffers, and settle their bookkeeping however it ends.
+
+        On a failure of the body: with ``fatal`` it first becomes the store's error (:meth:`_fail`;
+        before ``done`` marks anything finished, so no waiter can commit past it), then ``undo``
+        gives back what the step claimed, and the failure propagates. Failed or not, ``done`` then
+        marks the step finished. ``undo`` and ``done`` run under the lock, each followed by waking
+        the waiters (they may now proceed)."""
+        try:
+            yield
+        except BaseException as err:
+            if fatal:
+                self._fail(err)
+            if undo is not None:
+                with self._cv:
+                    undo()
+                    self._cv.notify_all()
+            raise
+        finally:
+            if done is not None:
+                with self._cv:
+                    done()
+                    self._cv.notify_all()
+
     def _fail(self, err: BaseException) -> None:
         """Keep the first failure of a transfer as the store's error (every later call re-raises it);
         a capacity shortage is the caller's problem, not the store's."""

@@ -10,6 +10,7 @@ import pytest
 from eval.metrics import (
     auc_forward_transfer,
     average_performance,
+    first_stages,
     iqm,
     stratified_bootstrap_ci,
     zero_shot_forward_transfer,
@@ -70,6 +71,11 @@ def test_zero_shot_ft_with_a_nan_term_is_none_and_leaves_other_games_alone():
     ft = zero_shot_forward_transfer(failed_before_all, STAGE_GAMES, GAMES)
     assert ft["Qbert"] is None
     assert ft["Breakout"] == pytest.approx(0.20)
+
+
+def test_first_stages_keep_a_game_trained_twice_at_its_first_stage():
+    assert first_stages(["Breakout", "Pong", "Breakout"]) == {"Breakout": 1, "Pong": 2}
+    assert first_stages([]) == {}
 
 
 def test_zero_shot_ft_uses_the_first_stage_of_a_game_trained_twice():
