@@ -6,7 +6,7 @@ element-wise recurrence that makes RTRL affordable.
 
 ``learned`` (default): logits = W x + b [.., E]; the k largest are chosen and their gates are a
 softmax over those k logits (renormalised top-k, as in Shazeer et al. 2017 without noise). The
-router learns through the gates only (the choice itself is discrete): within the rollout in the
+router learns through the gates only (the choice itself is discrete; with k = 1 the one gate is the constant 1, so the task loss gives it no gradient and only the balance loss trains it): within the rollout in the
 segment RTRL form (autograd), within the step in the per-step form.
 
 ``game``: hard routing by the schedule's game, the baseline: the i-th distinct game of the

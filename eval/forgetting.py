@@ -5,7 +5,7 @@ evaluation of the initial parameters, row ``i`` (label ``"<i>:<game>"``, ``1 <= 
 evaluation after training stage ``i``, which trains ``stage_games[i - 1]``; column ``g`` is one
 game. Every game of the schedule is evaluated in every row (seen and not yet seen). Metrics are
 computed on the normalised scores (``envs.registry.normalized_score``: human-normalised for Atari).
-The run directory gets ``eval/forgetting.json`` (the schema in DESIGN.md "Contracts", plus the keys
+The run directory gets ``eval/forgetting.json`` (the schema in docs/forgetting.md, plus the keys
 listed in :func:`write_forgetting`), ``forgetting.csv`` and ``forgetting.png`` (a heat map), each
 written atomically.
 """
@@ -140,7 +140,7 @@ def write_forgetting(
         reference_runs: the single-task reference run dirs ``forward_transfer`` was computed with.
 
     Returns:
-        The dict written to JSON: the DESIGN.md schema ``{"games", "stages", "returns", "hns",
+        The dict written to JSON: the docs/forgetting.md schema ``{"games", "stages", "returns", "hns",
         "metrics"}`` (``stages`` = :func:`stage_labels`, ``metrics`` = :func:`compute_metrics`)
         plus ``"stage_games"`` and ``"reference_runs"`` (a list, empty without references), with
         every NaN as ``None``.

@@ -8,7 +8,7 @@ its last checkpoint.
 Scalars from the learner (losses/*, stats/*, rtrl/*) are averaged over the updates since the
 previous write (every ``log_every`` seconds); episode returns are logged one point per episode.
 
-Tags (the names are a contract, see DESIGN.md):
+Tags (the names are a contract, see docs/metrics.md):
   charts/episodic_return/<game>  raw game-over return of each finished training episode
   charts/episode_length/<game>   its length in agent steps
   charts/SPS                     agent steps per second since the previous write

@@ -9,7 +9,7 @@ The router reads x, never c_prev, so dc_t/dc_{t-1} stays diagonal (J as in ``age
 and expert e's sensitivity S_e = dc/dF_e [B, N, D] obeys
     S_e <- J * S_e + fh (x) (G_e x),     G_e[b] = the gate of e in stream b (0 if not routed).
 
-Lazy sensitivities (DESIGN.md). An expert that no stream routes to only decays, S_e <- J * S_e, so
+Lazy sensitivities (docs/design.md). An expert that no stream routes to only decays, S_e <- J * S_e, so
 each expert keeps its stored (materialised) sensitivity S~_e in the expert store and two [B, N]
 vectors here: the true sensitivity is rho_e * S~_e and its not-yet-applied gradient is
 gamma_e . S~_e. Per rollout (segment form) an idle expert costs O(B N):
@@ -18,7 +18,7 @@ and on activation (or a flush) it is materialised:
     grad_e += sum_b gamma_e[b, :, None] * S~_e[b];   S~_e <- rho_e[..., None] * S~_e;   rho_e <- 1;  gamma_e <- 0.
 So a rollout costs O(E B N) for all experts plus O(k-ish B N T D) for the active ones, and cold
 experts' parameters, RMSprop state and sensitivities stay in dram or on NVMe. A cold expert's
-pending gradient is applied at the update that next activates it (or at :meth:`flush_pending`);
+pending gradient is applied at the update that next activates it (or at :meth:`flush_pending`) in the segment form; in the per-step form the steps after its last routing in a rollout stay pending into later updates (the totals are exact);
 the delay in updates is logged as ``experts/pending_delay``. ``lazy=False`` (eager) materialises
 every expert on every rollout: the same gradients in total, at a cost linear in E.
 

@@ -1,6 +1,6 @@
 """Exact RTRL of the eLSTM core (agent/cores/elstm.py) checked against an independent float64 reference.
 
-The reference below re-implements the eLSTM forward of DESIGN.md from scratch (it does not call the
+The reference below re-implements the eLSTM forward of docs/design.md from scratch (it does not call the
 core's own cell), so autograd through it is full, untruncated BPTT, and ``torch.func.jvp`` through it
 is forward-mode differentiation. All parameters are drawn uniform(-1, 1) so that every gradient
 is non-trivial, the carried cell starts non-zero, and episodes reset inside segments and exactly

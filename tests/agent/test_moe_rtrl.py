@@ -1,6 +1,6 @@
 """Exact lazy RTRL of the MoE eLSTM core (agent/cores/moe_elstm.py) against full BPTT, in float64.
 
-The reference re-implements the MoE eLSTM forward of DESIGN.md from scratch over all steps, with the
+The reference re-implements the MoE eLSTM forward of docs/design.md from scratch over all steps, with the
 routing of the core's own router (indices depend on x only, so they are the same in every method),
 so autograd through it is full, untruncated BPTT. The router reads two input features that the data
 sets per rollout, so that expert 0 is chosen at every step and expert 4 at none; expert 3 only in
