@@ -150,7 +150,7 @@ def _parse(flag: str, raw: str, kind):
 
 def cmd_train(args: argparse.Namespace) -> None:
     from train.distributed import World
-    from train.schedule import train
+    from train.loop import train
 
     if args.dist_timeout <= 0:
         raise UserError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agent.config import ModelConfig
 from agent.cores import Core, State, make_core
 from agent.encoders import make_encoder
 from envs.registry import GAMES, action_masks, game_id
-from agent.config import ModelConfig
 
 
 @dataclass

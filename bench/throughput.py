@@ -12,7 +12,7 @@ frames = agent steps x frame skip 4.
                 after each rollout, as the learner would, so the actor never blocks on them.
                 Split: ``env`` / ``act`` = the rollouts' ``env_time`` / ``act_time``.
 ``train``       actor thread + :meth:`train.learner.Learner.update` on every rollout, as in
-                ``train.schedule._train_stage`` (without logging and checkpoints). Split: ``env`` and
+                ``train.loop._train_stage`` (without logging and checkpoints). Split: ``env`` and
                 ``act`` run on the actor thread, ``learn`` (``Learner.update``) and ``wait`` (the
                 learner waiting for the next rollout) on the main thread, so the two pairs overlap
                 in time: each pair's fractions sum to at most 1, all four to at most 2.
@@ -27,9 +27,7 @@ rollouts for ``seconds``. Split fields: ``<part>_s`` = seconds per rollout (= pe
 
 from __future__ import annotations
 
-import copy
 import os
-import queue
 import tempfile
 import time
 from pathlib import Path
@@ -38,15 +36,15 @@ import numpy as np
 import torch
 
 from agent.model import ActorCritic
+from common.device import resolve_device
 from envs.atari import FRAME_SKIP, NUM_ACTIONS
 from envs.memory import MEMORY_TASKS
 from envs.registry import make_env
-from train.actor import Actor, ParamChannel, Rollout, next_rollout
-from common.device import resolve_device
+from storage.run_dir import RunDir
+from train.actor import Rollout, Sampler
 from train.config import RunConfig, preset
 from train.experts import open_store
 from train.learner import Learner
-from storage.run_dir import RunDir
 
 WARMUP_SECONDS = 1.5
 """Untimed run before each row's measurement (allocator, thread pools, env resets)."""
@@ -130,22 +128,18 @@ def _step_randomly(env, rng: np.random.Generator, seconds: float) -> tuple[int, 
 def _actor_only(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
     model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(device)
     env = _make_env(cfg, 1)
-    rollouts: queue.Queue = queue.Queue(maxsize=1)
-    params = ParamChannel()
-    actor = Actor(env, copy.deepcopy(model), cfg.learner.rollout_length, cfg.env.reward_clip, rollouts, params,
-                  device, initial_version=0, seed=cfg.seed)
+    sampler = Sampler(env, model, cfg.learner.rollout_length, cfg.env.reward_clip, device, initial_version=0,
+                      seed=cfg.seed)
     version = 0
 
     def step() -> tuple[Rollout, float]:
         nonlocal version
-        t0 = time.perf_counter()
-        rollout = next_rollout(rollouts, actor)
-        wait = time.perf_counter() - t0
+        rollout, wait = sampler.next()
         version += 1
-        params.publish(version, model, actor.stop_event)
+        sampler.publish(version, model)
         return rollout, wait
 
-    sums, n, elapsed = _measure(actor, env, step, seconds)
+    sums, n, elapsed = _measure(sampler, env, step, seconds)
     return _row("actor_only", n * cfg.learner.rollout_length * cfg.env.num_envs, elapsed, n,
                 {"env": sums["env"], "act": sums["act"]})
 
@@ -164,33 +158,29 @@ def _train(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
 
 def _train_with(cfg: RunConfig, model: ActorCritic, learner: Learner, device: torch.device, seconds: float) -> dict:
     env = _make_env(cfg, 2)
-    rollouts: queue.Queue = queue.Queue(maxsize=1)
-    params = ParamChannel()
-    actor = Actor(env, copy.deepcopy(model), cfg.learner.rollout_length, cfg.env.reward_clip, rollouts, params,
-                  device, initial_version=learner.version, seed=cfg.seed)
+    sampler = Sampler(env, model, cfg.learner.rollout_length, cfg.env.reward_clip, device,
+                      initial_version=learner.version, seed=cfg.seed)
     lags: list[float] = []
 
     def step() -> tuple[Rollout, float, float]:
-        t0 = time.perf_counter()
-        rollout = next_rollout(rollouts, actor)
-        wait = time.perf_counter() - t0
+        rollout, wait = sampler.next()
         stats = learner.update(rollout)
-        params.publish(learner.version, model, actor.stop_event)
+        sampler.publish(learner.version, model)
         lags.append(stats["stats/policy_lag"])
         return rollout, wait, stats["stats/learn_time"]
 
-    sums, n, elapsed = _measure(actor, env, step, seconds)
+    sums, n, elapsed = _measure(sampler, env, step, seconds)
     row = _row("train", n * cfg.learner.rollout_length * cfg.env.num_envs, elapsed, n, sums)
     row["policy_lag"] = float(np.mean(lags[-n:]))
     return row
 
 
-def _measure(actor: Actor, env, step, seconds: float) -> tuple[dict[str, float], int, float]:
-    """Start ``actor``, warm up, then call ``step`` for ``seconds``; -> (summed split seconds, rollouts, wall s).
+def _measure(sampler: Sampler, env, step, seconds: float) -> tuple[dict[str, float], int, float]:
+    """Start ``sampler``, warm up, then call ``step`` for ``seconds``; -> (summed split seconds, rollouts, wall s).
 
     ``step()`` takes one rollout and returns (rollout, wait seconds[, learn seconds]).
     """
-    actor.start()
+    sampler.start()
     try:
         for phase_seconds, min_rollouts in ((WARMUP_SECONDS, WARMUP_ROLLOUTS), (seconds, 1)):
             sums = {"env": 0.0, "act": 0.0, "learn": 0.0, "wait": 0.0}
@@ -204,9 +194,10 @@ def _measure(actor: Actor, env, step, seconds: float) -> tuple[dict[str, float],
                 sums["learn"] += learn[0] if learn else 0.0
                 n += 1
     finally:
-        actor.stop()
-        actor.join(timeout=30)
-        env.close()
+        try:
+            sampler.close()
+        finally:
+            env.close()
     return sums, n, elapsed
 
 

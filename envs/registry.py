@@ -11,11 +11,11 @@ import difflib
 
 import numpy as np
 
+from common.errors import UserError
 from envs.atari import NUM_ACTIONS, AtariVecEnv
 from envs.atari_data import ATARI_GAMES, HUMAN_SCORES, MINIMAL_ACTIONS, RANDOM_SCORES
 from envs.memory import MEMORY_TASKS, make_memory_env
 from envs.memory.base import MemoryVecEnv
-from common.errors import UserError
 
 GAMES: tuple[str, ...] = ATARI_GAMES + tuple(MEMORY_TASKS)
 """Every trainable game, in id order: the 57 Atari games, then the memory tasks."""

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from eval.forgetting import mean_or_none, read_forgetting
 from eval.metrics import stratified_bootstrap_ci
 from storage.atomic import atomic_write_text
-from common.errors import UserError
 from storage.run_dir import RunDir
 
 CSV_NAME = "compare.csv"

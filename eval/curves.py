@@ -30,11 +30,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from common.errors import UserError
 from envs.registry import normalized_score
 from eval.metrics import auc_forward_transfer, first_stages
 from eval.score_csv import score_cells, score_header
 from storage.atomic import atomic_write_bytes, atomic_write_text
-from common.errors import UserError
 from storage.run_dir import RunDir
 
 BEFORE, PERIODIC, STAGE = "before", "periodic", "stage"

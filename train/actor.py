@@ -9,6 +9,7 @@ the parameters, which the learner never writes, so it always acts with one consi
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import time
@@ -169,6 +170,43 @@ class Actor(threading.Thread):
             episodes=episodes, param_version=self.version, env_time=env_time, act_time=act_time,
         )
         return rollout, records[-1]
+
+
+class Sampler:
+    """The sampling side of training (Sample Factory's split): an actor thread on its own copy of
+    ``model``, the queue it ships rollouts through and the channel the learner publishes to it by.
+
+    ``next()`` hands the learner the next rollout with the seconds it waited for it; ``publish``
+    gives the actor the learner's new parameters (not after a segment's last update, which no
+    rollout waits for); ``close`` stops the thread. The env is the caller's to close.
+    """
+
+    def __init__(self, env: AtariVecEnv, model: ActorCritic, rollout_length: int, reward_clip: float,
+                 device: torch.device, initial_version: int, seed: int,
+                 on_frames: Callable[[np.ndarray], None] | None = None, first_stream: int = 0):
+        self.rollouts: queue.Queue = queue.Queue(maxsize=1)
+        self.params = ParamChannel()
+        self.actor = Actor(env, copy.deepcopy(model), rollout_length, reward_clip, self.rollouts, self.params,
+                           device, initial_version, seed, on_frames, first_stream)
+
+    def start(self) -> None:
+        self.actor.start()
+
+    def next(self) -> tuple[Rollout, float]:
+        """The next rollout and the seconds spent waiting for it; re-raises the actor's error."""
+        t0 = time.perf_counter()
+        rollout = next_rollout(self.rollouts, self.actor)
+        return rollout, time.perf_counter() - t0
+
+    def publish(self, version: int, model: torch.nn.Module) -> None:
+        self.params.publish(version, model, self.actor.stop_event)
+
+    def close(self) -> None:
+        """Stop the actor thread; RuntimeError if it does not stop within 30 s."""
+        self.actor.stop()
+        self.actor.join(timeout=30)
+        if self.actor.is_alive():
+            raise RuntimeError("actor thread did not stop within 30 s")
 
 
 def next_rollout(rollouts: queue.Queue, actor: Actor) -> Rollout:

@@ -118,11 +118,6 @@ class RunConfig:
         """Learner updates in the whole run (a stage ends at the first update that reaches its frames)."""
         return len(self.env.games) * math.ceil(self.schedule.frames_per_game / self.frames_per_update())
 
-    def game_at(self, stage: int, total_frames: int) -> str:
-        """The game trained at run frame ``total_frames`` of ``stage`` (``--switch-every`` cycles the games)."""
-        games, every = self.env.games, self.schedule.switch_every
-        return games[(total_frames // every) % len(games)] if every else games[stage]
-
     def env_seed(self, total_frames: int) -> int:
         """Seed of the training envs started at ``total_frames`` (new streams on every stage and resume)."""
         return self.seed * 1_000_003 + total_frames

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from agent.model import ActorCritic
+from common.device import resolve_device
+from common.errors import UserError
 from envs.atari import NUM_ACTIONS
 from eval.curves import CSV_NAME, eval_columns, load_reference, read_curves, reference_forward_transfer, write_curves
 from eval.evaluate import evaluate_games, record_returns
 from storage.checkpoint import CheckpointManager
-from common.device import resolve_device
-from common.errors import UserError
 from storage.run_dir import RunDir
 from train.run_dir import read_config
 

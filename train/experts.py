@@ -32,17 +32,17 @@ import torch
 
 from agent.cores.moe_elstm import MoEELSTMCore
 from agent.detector import GameDetector
-from agent.prefetch import CohortPrefetcher
 from agent.model import ActorCritic
+from agent.prefetch import CohortPrefetcher
 from storage.expert_store import ExpertStore
 from storage.manifest import MANIFEST
+from storage.run_dir import RunDir
 from storage.stats import LINKS, StoreCounters
 from train.config import RunConfig
-from train.expert_metrics import nmi_game_expert, utilization_entropy
-from train.distributed import World
 from train.detection import DetectorDriver, EvalDetection, UsageCohorts
+from train.distributed import World
+from train.expert_metrics import nmi_game_expert, utilization_entropy
 from train.learner import Learner
-from storage.run_dir import RunDir
 
 
 @dataclass
