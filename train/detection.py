@@ -30,6 +30,7 @@ import torch
 
 from agent.detector import GameDetector, SwitchTracker, majority_game
 from agent.prefetch import CohortPrefetcher, cohort_of
+from train import tags
 
 TRAIN_EVERY = 8
 """Actor steps between detector training steps (about 0.5 ms per 8-stream step in all)."""
@@ -85,9 +86,9 @@ class DetectorDriver:
         """Scalars for the window since the previous call (accuracy) and the stage so far (latency)."""
         out = {}
         if self.predicted:
-            out["detector/accuracy"] = self.correct / self.predicted
+            out[tags.DETECTOR_ACCURACY] = self.correct / self.predicted
         if self.latency is not None:
-            out["detector/switch_latency_steps"] = float(self.latency)
+            out[tags.DETECTOR_LATENCY] = float(self.latency)
         self.correct = self.predicted = 0
         return out
 
@@ -135,4 +136,4 @@ class EvalDetection:
         """Hand the prefetcher back to the training game; returns ``eval/detector/accuracy``."""
         if self.prefetcher is not None:
             self.prefetcher.resume_training()
-        return {"eval/detector/accuracy": self.correct / self.predicted} if self.predicted else {}
+        return {tags.EVAL_PREFIX + tags.DETECTOR_ACCURACY: self.correct / self.predicted} if self.predicted else {}

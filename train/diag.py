@@ -46,7 +46,8 @@ from torch.nn import functional as F
 
 from agent.cores.elstm import ELSTMCore
 from envs.sequence_tasks import SequenceBatch, SequenceTask, make_task
-from train import logger as tags
+from train import tags
+from train.logger import Logger
 from common.errors import UserError
 
 
@@ -222,7 +223,7 @@ def _train_and_evaluate(cfg: DiagConfig, task: SequenceTask, log: Callable[[str]
     model = DiagModel(task.input_size, cfg.hidden_size, task.num_classes, cfg.learning, chrono_max)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    writer = tags.Logger(Path(cfg.tb)) if cfg.tb else None
+    writer = Logger(Path(cfg.tb)) if cfg.tb else None
     mode = f"rtrl (segment {chunk})" if cfg.learning == "rtrl" else f"tbptt (unroll {chunk})"
     log(f"diag {task.describe()} | {mode} | N={cfg.hidden_size} B={cfg.batch_size} lr={cfg.lr} "
         f"chrono_max={chrono_max:g} steps={cfg.steps} seed={cfg.seed}")

@@ -47,7 +47,7 @@ from eval.evaluate import evaluate_games, record_returns
 from eval.forgetting import PNG_NAME, mean_or_none
 from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
-from train import logger as tags
+from train import tags
 from train import run_dir as run_dirs
 from train.actor import Rollout, Sampler
 from train.checkpointing import Progress, checkpoint_state, replica, restore, seed_everything

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from storage.checkpoint import CheckpointManager
 from storage.expert_store import ExpertStore
 from tests.conftest import run_cli, train_and_kill
+from train import tags
 
 # 3 evaluation streams x top-2 can route to 6 experts at one step: more than the small hbm holds.
 MOE = ["--preset", "smoke", "--core", "moe", "--learning", "rtrl", "--num-experts", "6", "--top-k", "2", "--eval-every", "0",
@@ -133,3 +134,11 @@ def test_bad_moe_flags_are_one_line_errors(tmp_path, flags, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_every_tag_a_moe_run_writes_is_in_the_reference(switch_run):
+    ea = EventAccumulator(str(switch_run / "tb"))
+    ea.Reload()
+    written = ea.Tags()["scalars"] + ea.Tags()["images"]
+    assert len(written) > 40
+    assert [t for t in written if not tags.known(t)] == []

@@ -55,7 +55,7 @@ def _logits(model: ActorCritic, game: str, B: int = 5) -> torch.Tensor:
 
 
 def test_the_shared_head_gives_masked_actions_zero_probability_and_finite_losses():
-    model = ActorCritic(ModelConfig(hidden_size=32), 18)
+    model = ActorCritic(ModelConfig(hidden_size=32, core="lstm", learning="tbptt"), 18)
     probs = torch.softmax(_logits(model, "watermaze"), -1)
     assert (probs[:, 3:] == 0).all() and torch.allclose(probs[:, :3].sum(-1), torch.ones(5))
     log_probs = torch.log_softmax(_logits(model, "watermaze"), -1)
