@@ -65,6 +65,8 @@ class ScheduleConfig:
     """Frames between periodic checkpoints (stage ends always checkpoint)."""
     log_every: float = 5.0
     """Seconds between TensorBoard scalar writes."""
+    screen_every: int = 50
+    """Learner updates between two measurements of how much the policy uses the screen (`policy/screen_kl`, train/screen_use.py; 0 = off)."""
     switch_every: int = 0
     """Stress schedule: every N frames training moves on to the next game of --games, cycling, inside every stage (0 = off: stage i trains game i only). Stages, checkpoints and evaluations stay where they are."""
 
@@ -142,6 +144,8 @@ class RunConfig:
                             "--balance-cost": self.model.balance_cost}.items():
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{flag} must be a finite number >= 0, got {value}")
+        if self.schedule.screen_every < 0:
+            raise UserError(f"--screen-every must be >= 0 updates (0 = off), got {self.schedule.screen_every}")
         if self.schedule.switch_every < 0:
             raise UserError(f"--switch-every must be >= 0 frames (0 = off), got {self.schedule.switch_every}")
         if 0 < self.schedule.switch_every < self.frames_per_update():
@@ -192,6 +196,10 @@ class RunConfig:
             raise UserError("--core moe trains its experts by exact RTRL: use --learning rtrl (TBPTT is for lstm/elstm)")
         if not 0 < m.top_k <= m.num_experts:
             raise UserError(f"--top-k must be between 1 and --num-experts ({m.num_experts}), got {m.top_k}")
+        if m.routing == "learned" and m.top_k == 1:
+            raise UserError("--routing learned --top-k 1 would train the router by the balance loss alone: the gate "
+                            "of a single expert is a softmax over one logit, constant, so the task loss gives the "
+                            "router no gradient; use --top-k 2 or more, or --routing game")
         if st.hbm_experts < m.top_k:
             raise UserError(f"--hbm-experts ({st.hbm_experts}) must hold at least --top-k ({m.top_k}) experts")
         if not st.hbm_experts <= st.dram_experts <= m.num_experts:
@@ -232,6 +240,7 @@ def _preset_smoke() -> RunConfig:
     cfg.env.num_envs = 4
     cfg.env.max_episode_steps = 200  # so that even Pong finishes episodes in a few thousand frames
     cfg.model.hidden_size = 64
+    cfg.model.routing = "learned"  # with --core moe: the learned router, whose traffic the smoke tests exercise
     cfg.schedule.frames_per_game = 4_000
     cfg.schedule.checkpoint_every = 2_000
     cfg.schedule.log_every = 0.5

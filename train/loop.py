@@ -58,6 +58,7 @@ from train.experts import CacheWindow, ExpertRun, cache_scalars, checkpoint_stor
 from train.learner import Learner
 from train.logger import Logger
 from train.schedule import crossed, game_at
+from train.screen_use import screen_kl
 
 
 @dataclass
@@ -74,6 +75,8 @@ class _Run:
     device: torch.device
     world: World
     show_progress: bool
+    screen_rng: torch.Generator
+    """Draws the frame shuffles of ``policy/screen_kl`` (apart from the learner's RNG, which checkpoints keep)."""
 
 
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_change: bool = False,
@@ -118,7 +121,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     # Drop what a killed attempt logged after its checkpoint (steps > F); a restart without a
     # checkpoint drops everything. Steps <= F were logged before the checkpoint was saved.
     logger = Logger(rd.tb, purge_step=progress.total_frames + 1 if state is not None else 0, enabled=world.main)
-    run = _Run(cfg, model, learner, xr, ckpts, rd, logger, device, world, show_progress and world.main)
+    run = _Run(cfg, model, learner, xr, ckpts, rd, logger, device, world, show_progress and world.main,
+               torch.Generator().manual_seed(cfg.seed))
     try:
         if not progress.evaluations:
             # The initial parameters: `run.py eval` recomputes the before row from this checkpoint.
@@ -194,6 +198,8 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
         while True:
             rollout, wait = sampler.next()
             stats = run.learner.update(rollout)
+            if world.main and cfg.schedule.screen_every and run.learner.version % cfg.schedule.screen_every == 0:
+                stats[tags.SCREEN_KL] = screen_kl(run.model, rollout, ec.reward_clip, run.screen_rng)
             stage_end = progress.stage_frames + frames_per_update >= cfg.schedule.frames_per_game
             switch = bool(cfg.schedule.switch_every) and crossed(
                 progress.total_frames + frames_per_update, frames_per_update, cfg.schedule.switch_every)
@@ -274,6 +280,8 @@ class _Window:
         self.n = 0
         self.steps = 0
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        """Updates that reported each figure (some, like ``policy/screen_kl``, come now and then)."""
         self.episodes: list[tuple[int, float, int]] = []
         """Finished episodes: (total frames at the update that delivered them, return, length)."""
 
@@ -284,6 +292,7 @@ class _Window:
         for k, v in {**stats, tags.ENV_TIME: rollout.env_time, tags.ACT_TIME: rollout.act_time,
                      tags.QUEUE_WAIT_TIME: wait}.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -292,7 +301,7 @@ class _Window:
         return self.steps / max(self.elapsed(), 1e-9)
 
     def summary(self, progress: Progress) -> dict[str, float]:
-        means = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        means = {k: v / self.counts[k] for k, v in self.sums.items()}
         return {**means, tags.FRAMES: progress.total_frames, tags.STAGE: progress.stage}
 
 

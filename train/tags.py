@@ -32,6 +32,7 @@ ACT_TIME = "stats/act_time"
 LEARN_TIME = "stats/learn_time"
 QUEUE_WAIT_TIME = "stats/queue_wait_time"
 ALLREDUCE_BYTES = "dist/allreduce_bytes"
+SCREEN_KL = "policy/screen_kl"
 
 # RTRL cores (agent/cores/elstm.py, agent/cores/moe_elstm.py) -----------------------------------
 RTRL_MAX_ABS_J = "rtrl/max_abs_J"
@@ -112,6 +113,7 @@ REFERENCE: tuple[tuple[str, str], ...] = (
     (ACT_TIME, "seconds per rollout running the policy (and the game detector)"),
     (LEARN_TIME, "seconds per learner update"),
     (QUEUE_WAIT_TIME, "seconds per update the learner waited for a rollout"),
+    (SCREEN_KL, "KL(pi on real frames || pi on the rollout's frames shuffled), nats per step: 0 = the policy ignores the screen (train/screen_use.py)"),
     (RTRL_MAX_ABS_J, "RTRL cores: largest |dc_t/dc_t-1| in the rollout"),
     (RTRL_FRAC_J_GT_1, "RTRL cores: share of |dc_t/dc_t-1| above 1"),
     (RTRL_MAX_ABS_S, "eLSTM by RTRL: largest carried sensitivity |dc/dF|, |dc/dZ|"),

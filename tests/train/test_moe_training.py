@@ -127,6 +127,7 @@ def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     (["--switch-every", "-5"], "--switch-every must be >= 0 frames"),
     (["--balance-cost", "-1"], "--balance-cost must be a finite number >= 0, got -1.0"),
     (["--switch-every", "100"], "--switch-every (100) must be at least one update's frames"),
+    (["--routing", "learned", "--top-k", "1"], "--routing learned --top-k 1 would train the router by the balance loss alone"),
 ])
 def test_bad_moe_flags_are_one_line_errors(tmp_path, flags, message):
     proc = run_cli("train", *MOE, *SMALL, *flags, "--run-dir", str(tmp_path / "r"))
