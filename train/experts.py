@@ -2,13 +2,14 @@
 
 Life cycle
     A new run creates the store in ``<run_dir>/experts`` from the model's initial experts. Every
-    training checkpoint first applies the experts' pending gradients (``flush_pending``), then
+    training checkpoint first applies the experts' pending gradients (``ExpertOptimizer.flush``), then
     commits the store as a snapshot named after the checkpoint (``ExpertStore.checkpoint``), then
     saves the model (whose expert replica now matches) with that name: so the checkpoint and the
     snapshot describe the same moment. ``--resume`` opens the store at the snapshot of the checkpoint
     it resumes from, discarding any write-back a killed run made after it. The store keeps the two
     newest snapshots, so a kill between the snapshot and the checkpoint file still finds the
-    previous one. The learner's per-stream carry (cell, sensitivities, lazy vectors) is not saved:
+    previous one. An expert's record (:func:`expert_spec`) holds its parameters, their RMSprop
+    square averages (``train/expert_optimizer.py``) and the core's sensitivities. The learner's per-stream carry (cell, sensitivities, lazy vectors) is not saved:
     a resumed run restarts every episode, which zeroes it anyway.
 
 Figures (per logging window, from the store's counters; ``storage/stats.py`` defines them):
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from agent.cores.moe_elstm import MoEELSTMCore
+from agent.cores.moe_elstm import SENSITIVITIES, MoEELSTMCore
 from agent.detector import GameDetector
 from agent.prefetch import CohortPrefetcher
 from agent.model import ActorCritic
@@ -43,6 +44,8 @@ from train.distributed import World
 from train.detection import DetectorDriver, EvalDetection, UsageCohorts
 from train.learner import Learner
 from storage.run_dir import RunDir
+from storage.slab import RecordSpec, TensorSpec
+from train.expert_optimizer import square_init
 
 
 @dataclass
@@ -81,14 +84,12 @@ def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunD
     if core is None:
         return ExpertRun()
     store = open_store(cfg, model, learner, rd, device, None if state is None else state.get("expert_snapshot"))
-    core.evict_after_use = cfg.store.prefetch == "none"
     detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
     if state is not None and state.get("detector") is not None:
         detector.load_state_dict(state["detector"])
     prefetcher = None
     if cfg.store.prefetch in ("detector", "oracle"):
-        core.pin_reserve = cfg.store.hbm_experts - cfg.model.top_k  # the largest cohort it pins
-        prefetcher = CohortPrefetcher(store, UsageCohorts(core, core.pin_reserve))
+        prefetcher = CohortPrefetcher(store, UsageCohorts(core, pin_reserve(cfg)))
     return ExpertRun(store, detector, prefetcher, cfg.store.prefetch)
 
 
@@ -110,14 +111,42 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
         if (directory / MANIFEST).exists():  # a killed attempt that never checkpointed: start over
             shutil.rmtree(directory)
         streams = learner.world.local_envs(cfg.env.num_envs)
-        store = core.create_store(directory, streams, st.hbm_experts, st.dram_experts, device,
-                                  square_init=1.0 if cfg.learner.optimizer == "rmsprop-tf" else 0.0,
-                                  io_threads=st.io_threads)
+        store = create_store(core, directory, streams, st.hbm_experts, st.dram_experts, device,
+                             square_init=square_init(cfg.learner), io_threads=st.io_threads)
     else:
         store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
                                  io_threads=st.io_threads)
-    core.attach_store(store, cfg.learner.rmsprop_alpha, cfg.learner.rmsprop_eps)
+    core.attach_store(store, pin_reserve(cfg))
     return store
+
+
+def pin_reserve(cfg: RunConfig) -> int:
+    """The hbm slots the cohort prefetcher (``--prefetch detector|oracle``) may pin at any moment: its
+    largest cohort; 0 without one."""
+    return cfg.store.hbm_experts - cfg.model.top_k if cfg.store.prefetch in ("detector", "oracle") else 0
+
+
+def expert_spec(hidden_size: int, input_size: int, batch_size: int, dtype: torch.dtype = torch.float32) -> RecordSpec:
+    """The store record of one expert: parameters ``F``, ``Z`` and their RMSprop square averages
+    ``sq_F``, ``sq_Z`` [N, D], the core's sensitivities ``S_F``, ``S_Z`` [B, N, D] of B streams."""
+    N, D, B = hidden_size, input_size, batch_size
+    spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z", "sq_F", "sq_Z")}
+    spec.update({k: TensorSpec((B, N, D), dtype) for k in SENSITIVITIES.values()})
+    return spec
+
+
+def create_store(core: MoEELSTMCore, directory: Path, batch_size: int, hbm: int, dram: int,
+                 device: torch.device | str, square_init: float = 0.0, **kwargs) -> ExpertStore:
+    """A new store in ``directory`` holding every expert of ``core``: the replica's parameters, RMSprop
+    square averages of ``square_init`` (0 as torch's RMSprop, 1 as TensorFlow's) and zero
+    sensitivities for ``batch_size`` streams; ``kwargs`` go to ``ExpertStore.create``."""
+    N, D, dtype = core.output_size, core.input_size, core.expert_F.dtype
+    square_nd = torch.full((N, D), square_init, dtype=dtype)
+    zeros_bnd = torch.zeros(batch_size, N, D, dtype=dtype)
+    init = lambda e: {"F": core.expert_F[e].cpu(), "Z": core.expert_Z[e].cpu(), "sq_F": square_nd,  # noqa: E731
+                      "sq_Z": square_nd, **{key: zeros_bnd for key in SENSITIVITIES.values()}}
+    return ExpertStore.create(directory, expert_spec(N, D, batch_size, dtype), core.num_experts, hbm, dram, device,
+                              init=init, **kwargs)
 
 
 def expert_dir(rd: RunDir, world: World) -> Path:
@@ -130,7 +159,7 @@ def checkpoint_store(model: ActorCritic, learner: Learner, cfg: RunConfig, tag: 
     core = moe_core(model)
     if core is None:
         return None
-    core.flush_pending(learner.carry, learner.scheduler.get_last_lr()[0], cfg.learner.grad_norm_clip)
+    learner.expert_optimizer.flush(learner.carry, learner.scheduler.get_last_lr()[0], cfg.learner.grad_norm_clip)
     core.store.checkpoint(tag)
     return tag
 

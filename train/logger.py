@@ -21,6 +21,8 @@ Tags (the names are a contract, see DESIGN.md):
   stats/queue_wait_time          seconds per update the learner waited for a rollout
   rtrl/max_abs_J, rtrl/frac_J_gt_1   RTRL cores: largest |dc_t/dc_t-1| in the rollout, share above 1
   rtrl/max_abs_S                 RTRL cores: largest carried sensitivity |dc/dF|, |dc/dZ|
+  (the cores report these, and experts/{active,agreed,pending,pending_delay}, under the plain names
+  of :data:`CORE_STATS`)
   eval/return/<game>, eval/hns/<game>   mean evaluation return / normalised score (every game of
                                  the schedule; before training, every eval.every frames, after each stage)
   eval/avg_hns                   mean normalised score over all games of the schedule (average performance)
@@ -34,6 +36,7 @@ Tags (the names are a contract, see DESIGN.md):
   experts/nmi_game_expert        MoE core: normalised mutual information of game and expert (train/expert_metrics.py)
   experts/utilization_entropy    MoE core: entropy of the experts' load, normalised to [0, 1]
   experts/active, experts/pending    MoE core: experts routed in the latest rollout; experts with a pending gradient
+  experts/agreed                 MoE core: experts the latest pass materialised (the union over the ranks)
   experts/pending_delay          MoE core: updates a pending gradient waited before it was applied
   experts/usage                  (image) MoE core: each game's routing share per expert, after every stage
   diag/loss, diag/accuracy       `run.py diag`: training loss and accuracy on the scored steps
@@ -64,6 +67,24 @@ EXPERT_USAGE_IMAGE = "experts/usage"
 DIAG_LOSS = "diag/loss"
 DIAG_ACCURACY = "diag/accuracy"
 DIAG_EVAL_ACCURACY = "diag/eval_accuracy"
+RTRL_MAX_ABS_J = "rtrl/max_abs_J"
+RTRL_FRAC_J_GT_1 = "rtrl/frac_J_gt_1"
+RTRL_MAX_ABS_S = "rtrl/max_abs_S"
+EXPERTS_ACTIVE = "experts/active"
+EXPERTS_AGREED = "experts/agreed"
+EXPERTS_PENDING = "experts/pending"
+EXPERTS_PENDING_DELAY = "experts/pending_delay"
+CORE_STATS = {
+    "max_abs_J": RTRL_MAX_ABS_J, "frac_J_gt_1": RTRL_FRAC_J_GT_1, "max_abs_S": RTRL_MAX_ABS_S,
+    "active_experts": EXPERTS_ACTIVE, "agreed_experts": EXPERTS_AGREED, "pending_experts": EXPERTS_PENDING,
+    "pending_delay": EXPERTS_PENDING_DELAY,
+}
+"""The tag of each figure a core's ``learner_stats`` reports (agent/cores/), by its plain name."""
+
+
+def core_stats(stats: dict[str, float]) -> dict[str, float]:
+    """A core's ``learner_stats`` under their TensorBoard tags (:data:`CORE_STATS`)."""
+    return {CORE_STATS[name]: value for name, value in stats.items()}
 
 
 def episodic_return(game: str) -> str:

@@ -112,7 +112,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     world.on_rank0(lambda: run_dirs.start(rd, cfg, resume, allow_config_change))
     _seed_everything(cfg.seed)
 
-    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set,
+                        world.collectives(cfg.model.num_experts)).to(device)
     learner = Learner(model, cfg, device, world)
     ckpts = CheckpointManager(rd.root)
     progress = Progress()
