@@ -62,6 +62,11 @@ def derivatives(f: torch.Tensor, z: torch.Tensor, c_prev: torch.Tensor, w_f: tor
     return zh, fh, J
 
 
+def last_cell(f: torch.Tensor, z: torch.Tensor, c_prev: torch.Tensor) -> torch.Tensor:
+    """The cell after the rollout's last step, c = f * c_prev + (1 - f) * z, from its [T, B, N] records: [B, N]."""
+    return f[-1] * c_prev[-1] + (1.0 - f[-1]) * z[-1]
+
+
 def immediates(zh: torch.Tensor, fh: torch.Tensor, c_prev: torch.Tensor) -> dict[str, torch.Tensor]:
     """The immediate dc/dtheta per parameter, each [..., B, N] like ``zh``: ``F`` and ``Z`` (to be taken
     outer with the input x) and the four :data:`VECTORS`."""

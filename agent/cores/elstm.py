@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 from agent.cores.base import Core, State
-from agent.rtrl import (VECTORS, decay_stats, derivatives, immediates, leaf_grad, per_step_sensitivities, run,
-                        segment_decay, segment_sensitivities, unroll)
+from agent.rtrl import (VECTORS, decay_stats, derivatives, immediates, last_cell, leaf_grad, per_step_sensitivities,
+                        run, segment_decay, segment_sensitivities, unroll)
 
 RECURRENT = ("F", "Z", *VECTORS)
 """The parameters whose gradient RTRL computes (the output gate is plain backprop)."""
@@ -159,7 +159,7 @@ class ELSTMCore(Core):
 
     def _segment_rtrl(self, r: _Record) -> RTRLCarry:
         run(self.segment_phases(r))
-        return RTRLCarry(c=r.f[-1] * r.c_prev[-1] + (1.0 - r.f[-1]) * r.z[-1], S=r.carry.S)
+        return RTRLCarry(c=last_cell(r.f, r.z, r.c_prev), S=r.carry.S)
 
     def segment_phases(self, r: _Record) -> Iterator[str]:
         """Segment-form RTRL after the backward pass of rollout ``r``: the carried gradient into the

@@ -61,7 +61,7 @@ from torch import nn
 
 from agent.cores.base import Core, State
 from agent.router import Router
-from agent.rtrl import (VECTORS, add_grad, contract, decay_stats, derivatives, immediates, leaf_grad,
+from agent.rtrl import (VECTORS, contract, decay_stats, derivatives, immediates, last_cell, leaf_grad,
                         per_step_sensitivities, run, segment_decay, segment_sensitivities, step_update, unroll)
 from storage.expert_store import ExpertStore
 
@@ -344,7 +344,7 @@ class MoEELSTMCore(Core):
             c_T = p.cells[-1].detach()
         else:
             run(segment_sensitivities(params, p.carry.S, leaf_grad(p.c0), p.decay, p.total, imms, p.x))
-            c_T = p.f[-1] * p.c_prev[-1] + (1.0 - p.f[-1]) * p.z[-1]
+            c_T = last_cell(p.f, p.z, p.c_prev)
         return MoECarry(c=c_T, S=p.carry.S, rho=p.carry.rho, gamma=p.carry.gamma)
 
     def _segment_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], J: torch.Tensor,
