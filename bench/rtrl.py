@@ -408,9 +408,9 @@ def _segment_breakdown(core, pool, first, w, carry, seconds: float) -> tuple[dic
             t = tick(name, t)
         carry = RTRLCarry(c=last_cell(r.f, r.z, r.c_prev), S=r.carry.S)
         if reps == 1:
-            matches = bool(torch.equal(ref_carry.c, carry.c) and all(torch.equal(ref_carry.S[key], carry.S[key])
-                                                                      for key in carry.S)
-                           and all(torch.equal(a.grad, b.grad) for a, b in zip(ref_core.parameters(), core.parameters())))
+            same_grads = all(torch.equal(a.grad, b.grad) for a, b in zip(ref_core.parameters(), core.parameters()))
+            matches = bool(same_grads and torch.equal(ref_carry.c, carry.c)
+                           and all(torch.equal(ref_carry.S[key], carry.S[key]) for key in carry.S))
         _zero_grad(core)
     out = {f"{name}_s": statistics.median(v) for name, v in pieces.items()}
     out["sum_of_pieces_s"] = sum(out.values())

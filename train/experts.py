@@ -9,8 +9,9 @@ Life cycle
     it resumes from, discarding any write-back a killed run made after it. The store keeps the two
     newest snapshots, so a kill between the snapshot and the checkpoint file still finds the
     previous one. An expert's record (:func:`expert_spec`) holds its parameters, their RMSprop
-    square averages (``train/expert_optimizer.py``) and the core's sensitivities. The learner's per-stream carry (cell, sensitivities, lazy vectors) is not saved:
-    a resumed run restarts every episode, which zeroes it anyway.
+    square averages (``train/expert_optimizer.py``) and the core's sensitivities. The learner's
+    per-stream carry (cell, sensitivities, lazy vectors) is not saved: a resumed run restarts every
+    episode, which zeroes it anyway.
 
 Figures (per logging window, from the store's counters; ``storage/stats.py`` defines them):
     ``cache/hit_rate/hbm``, ``cache/hit_rate/dram``, ``cache/prefetch/{precision,coverage,timeliness}``

@@ -348,7 +348,8 @@ class MoEELSTMCore(Core):
         return MoECarry(c=c_T, S=p.carry.S, rho=p.carry.rho, gamma=p.carry.gamma)
 
     def _segment_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], J: torch.Tensor,
-                         imms: dict[str, torch.Tensor], pending: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+                         imms: dict[str, torch.Tensor], pending: tuple[torch.Tensor, torch.Tensor]
+                         ) -> list[torch.Tensor]:
         """Expert e's gradient for this rollout (pending + carried + within-rollout) and its sensitivities
         advanced to the rollout's end, in place in its record."""
         e0, decay, total = leaf_grad(p.c0), p.decay, p.total
