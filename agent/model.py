@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agent.config import ModelConfig
-from agent.cores import Core, State, make_core
+from agent.cores import Collectives, Core, State, make_core
 from agent.encoders import make_encoder
 from envs.registry import GAMES, action_masks, game_id
 
@@ -38,16 +38,18 @@ MASKED_LOGIT = -1e9
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_actions: int, games: list[str] | None = None, action_set: str = "full"):
+    def __init__(self, cfg: ModelConfig, num_actions: int, games: list[str] | None = None, action_set: str = "full",
+                 collectives: Collectives | None = None):
         """``games``: the run's schedule (game names in stage order); the MoE core routes and counts by it.
         ``action_set``: ``full`` or ``minimal`` (``envs.registry.action_masks``): the actions each game's
-        logits keep; the others are masked in acting, learning and evaluation alike."""
+        logits keep; the others are masked in acting, learning and evaluation alike. ``collectives``:
+        the ranks of a data-parallel run, for the MoE core (None: this process alone)."""
         super().__init__()
 
         self.num_actions = num_actions
         self.encoder = make_encoder(cfg.encoder, cfg.hidden_size)
         schedule = None if games is None else [game_id(g) for g in games]
-        self.core: Core = make_core(cfg, cfg.hidden_size + 1 + num_actions, schedule, len(GAMES))
+        self.core: Core = make_core(cfg, cfg.hidden_size + 1 + num_actions, schedule, len(GAMES), collectives)
         self.policy = nn.Linear(self.core.output_size, num_actions)
         self.value = nn.Linear(self.core.output_size, 1)
         # One head serves every game; each game keeps the logits of its own actions. Not persistent:

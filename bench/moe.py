@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 from agent.cores.moe_elstm import MoEELSTMCore
+from train.expert_optimizer import ExpertOptimizer
+from train.experts import create_store
 
 EXPERTS = (8, 64, 256)
 TOP_K = 2
@@ -60,8 +62,9 @@ def run(seconds: float) -> dict:
 
 def _row(directory: Path, E: int, lazy: bool, seconds: float) -> dict:
     core = MoEELSTMCore(D, N, E, TOP_K, "game", schedule=[0], num_games=1, lazy=lazy)
-    store = core.create_store(directory, B, hbm=E, dram=E, device="cpu")
-    core.attach_store(store, 0.99, 0.01)
+    store = create_store(core, directory, B, hbm=E, dram=E, device="cpu")
+    core.attach_store(store)
+    optimizer = ExpertOptimizer(core, 0.99, 0.01)
     carry = core.learner_carry(B, "cpu")
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(T + 1, B, D, generator=gen)
@@ -75,7 +78,7 @@ def _row(directory: Path, E: int, lazy: bool, seconds: float) -> dict:
         out, ctx = core.learner_unroll(x, first, (), carry, 0, game)
         (W * out[:T]).sum().backward()
         carry = core.learner_after_backward(ctx)
-        core.learner_step(1e-4)
+        optimizer.step(1e-4)
         elapsed = time.perf_counter() - start
         if deadline is None and len(times) + 1 >= WARMUP:
             deadline = time.perf_counter() + seconds

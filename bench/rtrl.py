@@ -29,9 +29,10 @@ per-rollout time (median over repeats, the three methods interleaved round by ro
 ``seconds`` each) of segment-form RTRL, of per-step-form RTRL (the reference) and of TBPTT through
 the same rollout (no carried term); ``rtrl_over_tbptt`` and ``rtrl_step_over_tbptt`` are the ratios
 of the medians. ``breakdown`` splits the segment form's rollout into its pieces, each timed alone
-(median seconds per rollout): forward and backward (autograd), then the pieces of
-``ELSTMCore._segment_rtrl`` re-run one by one on the same record, and checked to give the same
-sensitivities as the core (``breakdown_matches_core``).
+(median seconds per rollout): forward and backward (autograd), then the phases of the core's own
+segment-form update (``ELSTMCore.segment_phases``, ``agent/rtrl.py``'s functions) timed as they
+run; ``breakdown_matches_core``: the timed run ends with the carry and gradients that a copy of the
+core gets from ``learner_after_backward`` on the same rollout.
 
 Reading the memory figures: ``peak_delta_mib`` also holds a constant ~10-20 MiB that torch sets up
 on its first backward, and glibc's allocator keeps a few freed S-sized blocks (the [B, N, N]
@@ -364,19 +365,22 @@ def ratio_row(n: int, batch: int, R: int, seconds: float) -> dict:
 
 
 def _segment_breakdown(core, pool, first, w, carry, seconds: float) -> tuple[dict, bool]:
-    """Median seconds per rollout of each piece of segment-form RTRL; and whether the re-run pieces
-    give the core's own sensitivities (so the breakdown times the same work).
+    """Median seconds per rollout of each piece of segment-form RTRL; and whether the timed run gives
+    what ``learner_after_backward`` gives (so the breakdown times the same work).
 
-    Pieces: ``forward`` (``learner_unroll`` + loss), ``backward``, then ``_segment_rtrl`` split as
-    ``derivatives`` (zh, fh, J over [T, B, N]), ``carried_grad`` (the e_0 . S_0 einsums into the
-    grads), ``decay_cumprod`` (reverse cumulative product of J, [T, B, N]), ``S_decay`` (the
-    elementwise total * S_0 over [B, N, D], F and Z), ``S_bmm`` (the [B, N, T] x [B, T, D] products),
-    ``S_add`` (adding the two, [B, N, D]), ``vector_S`` (the four [B, N] sensitivities, c_T) and
-    ``telemetry`` (``_telemetry``: max |J|, max |S| over [B, N, D]).
+    Pieces: ``forward`` (``learner_unroll`` + loss), ``backward``, then the phases of
+    ``ELSTMCore.segment_phases`` (``agent/rtrl.py``), timed as they run: ``derivatives`` (zh, fh, J
+    over [T, B, N]), ``decay_cumprod`` (reverse cumulative product of J, [T, B, N]), ``carried_grad``
+    (the e_0 . S_0 contractions into the grads), ``S_decay`` (total * S_0 in place over [B, N, D], F
+    and Z), ``S_bmm`` (the [B, N, T] x [B, T, D] products added in place), ``vector_S`` (the four
+    [B, N] sensitivities) and ``telemetry`` (max |J|, max |S| over [B, N, D]).
     """
+    import copy
+
     import torch
 
-    from agent.cores.elstm import RTRLCarry, add_grad
+    from agent.cores.elstm import RTRLCarry
+    from agent.rtrl import last_cell
 
     pieces: dict[str, list[float]] = {}
 
@@ -390,6 +394,9 @@ def _segment_breakdown(core, pool, first, w, carry, seconds: float) -> tuple[dic
     while reps < 3 or time.perf_counter() - start < seconds:
         k += 1
         reps += 1
+        if reps == 1:  # the reference: a copy of the core and carry through learner_after_backward
+            ref_core, ref_carry = copy.deepcopy(core), copy.deepcopy(carry)
+            ref_carry = _rtrl_rollout(ref_core, pool[k % POOL].clone(), first, w, ref_carry)
         t = time.perf_counter()
         inputs = pool[k % POOL].clone()
         out, r = core.learner_unroll(inputs, first, (), carry, 0)
@@ -397,45 +404,13 @@ def _segment_breakdown(core, pool, first, w, carry, seconds: float) -> tuple[dic
         t = tick("forward", t)
         loss.backward()
         t = tick("backward", t)
-        with torch.no_grad():
-            zh, fh, J = core._derivatives(r)
-            t = tick("derivatives", t)
-            e0 = r.c0.grad if r.c0.grad is not None else torch.zeros_like(r.c0)
-            add_grad(core.F, torch.einsum("bn,bnd->nd", e0, r.carry.S["F"]))
-            add_grad(core.Z, torch.einsum("bn,bnd->nd", e0, r.carry.S["Z"]))
-            for name in ("w_f", "w_z", "b_f", "b_z"):
-                add_grad(getattr(core, name), (e0 * r.carry.S[name]).sum(0))
-            t = tick("carried_grad", t)
-            Jk = J * r.keep
-            decay = torch.ones_like(Jk)
-            if Jk.shape[0] > 1:
-                decay[:-1] = torch.flip(torch.cumprod(torch.flip(Jk[1:], [0]), 0), [0])
-            total = Jk.prod(0)
-            t = tick("decay_cumprod", t)
-            scaled_F = total.unsqueeze(-1) * r.carry.S["F"]
-            scaled_Z = total.unsqueeze(-1) * r.carry.S["Z"]
-            t = tick("S_decay", t)
-            x_btd = r.x.transpose(0, 1)
-            new_F = torch.bmm((decay * fh).permute(1, 2, 0), x_btd)
-            new_Z = torch.bmm((decay * zh).permute(1, 2, 0), x_btd)
-            t = tick("S_bmm", t)
-            S = {"F": scaled_F + new_F, "Z": scaled_Z + new_Z}
-            del scaled_F, scaled_Z, new_F, new_Z
-            t = tick("S_add", t)
-            S.update({
-                "w_f": total * r.carry.S["w_f"] + (decay * fh * r.c_prev).sum(0),
-                "w_z": total * r.carry.S["w_z"] + (decay * zh * r.c_prev).sum(0),
-                "b_f": total * r.carry.S["b_f"] + (decay * fh).sum(0),
-                "b_z": total * r.carry.S["b_z"] + (decay * zh).sum(0),
-            })
-            c_T = r.f[-1] * r.c_prev[-1] + (1.0 - r.f[-1]) * r.z[-1]
-            t = tick("vector_S", t)
-        core._telemetry(J, S)
-        tick("telemetry", t)
-        if reps == 1:  # the core's own update on the same record must give the same carry
-            ref = core._segment_rtrl(r)
-            matches = bool(torch.allclose(ref.c, c_T) and all(torch.allclose(ref.S[key], S[key]) for key in S))
-        carry = RTRLCarry(c=c_T, S=S)
+        for name in core.segment_phases(r):
+            t = tick(name, t)
+        carry = RTRLCarry(c=last_cell(r.f, r.z, r.c_prev), S=r.carry.S)
+        if reps == 1:
+            same_grads = all(torch.equal(a.grad, b.grad) for a, b in zip(ref_core.parameters(), core.parameters()))
+            matches = bool(same_grads and torch.equal(ref_carry.c, carry.c)
+                           and all(torch.equal(ref_carry.S[key], carry.S[key]) for key in carry.S))
         _zero_grad(core)
     out = {f"{name}_s": statistics.median(v) for name, v in pieces.items()}
     out["sum_of_pieces_s"] = sum(out.values())

@@ -41,6 +41,7 @@ from envs.atari import FRAME_SKIP, NUM_ACTIONS
 from envs.memory import MEMORY_TASKS
 from envs.registry import make_env
 from storage.run_dir import RunDir
+from train import tags
 from train.actor import Rollout, Sampler
 from train.config import RunConfig, preset
 from train.experts import open_store
@@ -166,8 +167,8 @@ def _train_with(cfg: RunConfig, model: ActorCritic, learner: Learner, device: to
         rollout, wait = sampler.next()
         stats = learner.update(rollout)
         sampler.publish(learner.version, model)
-        lags.append(stats["stats/policy_lag"])
-        return rollout, wait, stats["stats/learn_time"]
+        lags.append(stats[tags.POLICY_LAG])
+        return rollout, wait, stats[tags.LEARN_TIME]
 
     sums, n, elapsed = _measure(sampler, env, step, seconds)
     row = _row("train", n * cfg.learner.rollout_length * cfg.env.num_envs, elapsed, n, sums)

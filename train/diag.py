@@ -239,7 +239,7 @@ def _train_and_evaluate(cfg: DiagConfig, task: SequenceTask, log: Callable[[str]
         window_loss, window_acc, window = window_loss + loss, window_acc + acc, window + 1
         if writer is not None:
             scalars = {tags.DIAG_LOSS: loss, tags.DIAG_ACCURACY: acc}
-            scalars.update(model.core.learner_stats() if cfg.learning == "rtrl" else {})
+            scalars.update(tags.core_stats(model.core.learner_stats()) if cfg.learning == "rtrl" else {})
             writer.scalars(scalars, step)
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
             log(f"step {step:>6}/{cfg.steps}  loss {window_loss / window:.4f}  train acc {window_acc / window:.3f}  "

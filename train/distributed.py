@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from agent.cores.moe_elstm import Collectives
 from common.errors import UserError
 
 class RankLost(UserError):
@@ -173,6 +174,11 @@ class World:
         self.bytes_reduced += packed.numel() * packed.element_size() * self.size
         merged = np.bitwise_or.reduce(np.stack([o.cpu().numpy() for o in out])).astype(np.uint8)
         return np.flatnonzero(np.unpackbits(merged)[:n]).tolist()
+
+    def collectives(self, num_experts: int) -> Collectives:
+        """What the MoE core and its optimizer need of the ranks: the union of expert ids in
+        range(``num_experts``) (:meth:`union`) and :meth:`all_reduce_sum`."""
+        return Collectives(agree=lambda ids: self.union(ids, num_experts), all_reduce_sum=self.all_reduce_sum)
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (e.g. rank 0's logging clock)."""

@@ -2,14 +2,16 @@
 
 Life cycle
     A new run creates the store in ``<run_dir>/experts`` from the model's initial experts. Every
-    training checkpoint first applies the experts' pending gradients (``flush_pending``), then
+    training checkpoint first applies the experts' pending gradients (``ExpertOptimizer.flush``), then
     commits the store as a snapshot named after the checkpoint (``ExpertStore.checkpoint``), then
     saves the model (whose expert replica now matches) with that name: so the checkpoint and the
     snapshot describe the same moment. ``--resume`` opens the store at the snapshot of the checkpoint
     it resumes from, discarding any write-back a killed run made after it. The store keeps the two
     newest snapshots, so a kill between the snapshot and the checkpoint file still finds the
-    previous one. The learner's per-stream carry (cell, sensitivities, lazy vectors) is not saved:
-    a resumed run restarts every episode, which zeroes it anyway.
+    previous one. An expert's record (:func:`expert_spec`) holds its parameters, their RMSprop
+    square averages (``train/expert_optimizer.py``) and the core's sensitivities. The learner's
+    per-stream carry (cell, sensitivities, lazy vectors) is not saved: a resumed run restarts every
+    episode, which zeroes it anyway.
 
 Figures (per logging window, from the store's counters; ``storage/stats.py`` defines them):
     ``cache/hit_rate/hbm``, ``cache/hit_rate/dram``, ``cache/prefetch/{precision,coverage,timeliness}``
@@ -30,17 +32,20 @@ from pathlib import Path
 
 import torch
 
-from agent.cores.moe_elstm import MoEELSTMCore
+from agent.cores.moe_elstm import SENSITIVITIES, MoEELSTMCore
 from agent.detector import GameDetector
 from agent.model import ActorCritic
 from agent.prefetch import CohortPrefetcher
 from storage.expert_store import ExpertStore
 from storage.manifest import MANIFEST
 from storage.run_dir import RunDir
+from storage.slab import RecordSpec, TensorSpec
 from storage.stats import LINKS, StoreCounters
 from train.config import RunConfig
+from train import tags
 from train.detection import DetectorDriver, EvalDetection, UsageCohorts
 from train.distributed import World
+from train.expert_optimizer import square_init
 from train.expert_metrics import nmi_game_expert, utilization_entropy
 from train.learner import Learner
 
@@ -81,14 +86,12 @@ def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunD
     if core is None:
         return ExpertRun()
     store = open_store(cfg, model, learner, rd, device, None if state is None else state.get("expert_snapshot"))
-    core.evict_after_use = cfg.store.prefetch == "none"
     detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
     if state is not None and state.get("detector") is not None:
         detector.load_state_dict(state["detector"])
     prefetcher = None
     if cfg.store.prefetch in ("detector", "oracle"):
-        core.pin_reserve = cfg.store.hbm_experts - cfg.model.top_k  # the largest cohort it pins
-        prefetcher = CohortPrefetcher(store, UsageCohorts(core, core.pin_reserve))
+        prefetcher = CohortPrefetcher(store, UsageCohorts(core, pin_reserve(cfg)))
     return ExpertRun(store, detector, prefetcher, cfg.store.prefetch)
 
 
@@ -110,14 +113,42 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
         if (directory / MANIFEST).exists():  # a killed attempt that never checkpointed: start over
             shutil.rmtree(directory)
         streams = learner.world.local_envs(cfg.env.num_envs)
-        store = core.create_store(directory, streams, st.hbm_experts, st.dram_experts, device,
-                                  square_init=1.0 if cfg.learner.optimizer == "rmsprop-tf" else 0.0,
-                                  io_threads=st.io_threads)
+        store = create_store(core, directory, streams, st.hbm_experts, st.dram_experts, device,
+                             square_init=square_init(cfg.learner), io_threads=st.io_threads)
     else:
         store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
                                  io_threads=st.io_threads)
-    core.attach_store(store, cfg.learner.rmsprop_alpha, cfg.learner.rmsprop_eps)
+    core.attach_store(store, pin_reserve(cfg))
     return store
+
+
+def pin_reserve(cfg: RunConfig) -> int:
+    """The hbm slots the cohort prefetcher (``--prefetch detector|oracle``) may pin at any moment: its
+    largest cohort; 0 without one."""
+    return cfg.store.hbm_experts - cfg.model.top_k if cfg.store.prefetch in ("detector", "oracle") else 0
+
+
+def expert_spec(hidden_size: int, input_size: int, batch_size: int, dtype: torch.dtype = torch.float32) -> RecordSpec:
+    """The store record of one expert: parameters ``F``, ``Z`` and their RMSprop square averages
+    ``sq_F``, ``sq_Z`` [N, D], the core's sensitivities ``S_F``, ``S_Z`` [B, N, D] of B streams."""
+    N, D, B = hidden_size, input_size, batch_size
+    spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z", "sq_F", "sq_Z")}
+    spec.update({k: TensorSpec((B, N, D), dtype) for k in SENSITIVITIES.values()})
+    return spec
+
+
+def create_store(core: MoEELSTMCore, directory: Path, batch_size: int, hbm: int, dram: int,
+                 device: torch.device | str, square_init: float = 0.0, **kwargs) -> ExpertStore:
+    """A new store in ``directory`` holding every expert of ``core``: the replica's parameters, RMSprop
+    square averages of ``square_init`` (0 as torch's RMSprop, 1 as TensorFlow's) and zero
+    sensitivities for ``batch_size`` streams; ``kwargs`` go to ``ExpertStore.create``."""
+    N, D, dtype = core.output_size, core.input_size, core.expert_F.dtype
+    square_nd = torch.full((N, D), square_init, dtype=dtype)
+    zeros_bnd = torch.zeros(batch_size, N, D, dtype=dtype)
+    init = lambda e: {"F": core.expert_F[e].cpu(), "Z": core.expert_Z[e].cpu(), "sq_F": square_nd,  # noqa: E731
+                      "sq_Z": square_nd, **{key: zeros_bnd for key in SENSITIVITIES.values()}}
+    return ExpertStore.create(directory, expert_spec(N, D, batch_size, dtype), core.num_experts, hbm, dram, device,
+                              init=init, **kwargs)
 
 
 def expert_dir(rd: RunDir, world: World) -> Path:
@@ -130,7 +161,7 @@ def checkpoint_store(model: ActorCritic, learner: Learner, cfg: RunConfig, tag: 
     core = moe_core(model)
     if core is None:
         return None
-    core.flush_pending(learner.carry, learner.scheduler.get_last_lr()[0], cfg.learner.grad_norm_clip)
+    learner.expert_optimizer.flush(learner.carry, learner.scheduler.get_last_lr()[0], cfg.learner.grad_norm_clip)
     core.store.checkpoint(tag)
     return tag
 
@@ -146,15 +177,15 @@ def cache_scalars(d: dict[str, float], steps: int, prefix: str = "") -> dict[str
     in training, env steps in evaluation); rates without a denominator are left out."""
     demand_loads = d["dram_hits"] + d["dram_misses"]
     out = {
-        "cache/hit_rate/hbm": _ratio(d["hbm_hits"], d["hbm_hits"] + d["hbm_misses"]),
-        "cache/hit_rate/dram": _ratio(d["dram_hits"], demand_loads),
-        "cache/stall_ms_per_step": 1000.0 * d["stall_s"] / max(steps, 1),
-        **{f"cache/bytes/{link}": float(d[f"bytes_{link}"]) for link in LINKS},
+        tags.CACHE_HIT_HBM: _ratio(d["hbm_hits"], d["hbm_hits"] + d["hbm_misses"]),
+        tags.CACHE_HIT_DRAM: _ratio(d["dram_hits"], demand_loads),
+        tags.CACHE_STALL: 1000.0 * d["stall_s"] / max(steps, 1),
+        **{tags.cache_bytes(link): float(d[f"bytes_{link}"]) for link in LINKS},
     }
     if d["prefetch_issued"]:
-        out["cache/prefetch/precision"] = d["prefetch_used"] / d["prefetch_issued"]
-        out["cache/prefetch/coverage"] = _ratio(d["prefetch_used"], d["prefetch_used"] + demand_loads)
-        out["cache/prefetch/timeliness"] = _ratio(d["prefetch_used"] - d["prefetch_late"], d["prefetch_used"])
+        out[tags.CACHE_PRECISION] = d["prefetch_used"] / d["prefetch_issued"]
+        out[tags.CACHE_COVERAGE] = _ratio(d["prefetch_used"], d["prefetch_used"] + demand_loads)
+        out[tags.CACHE_TIMELINESS] = _ratio(d["prefetch_used"] - d["prefetch_late"], d["prefetch_used"])
     return {prefix + k: v for k, v in out.items() if math.isfinite(v)}
 
 
@@ -184,8 +215,8 @@ class CacheWindow:
         ranks by the caller in a distributed run) and ``experts/*`` from the routing counts (the same
         on every rank)."""
         usage = self.core.usage.cpu().numpy()
-        return {**cache_scalars(d, updates), "experts/nmi_game_expert": nmi_game_expert(usage),
-                "experts/utilization_entropy": utilization_entropy(usage)}
+        return {**cache_scalars(d, updates), tags.EXPERTS_NMI: nmi_game_expert(usage),
+                tags.EXPERTS_ENTROPY: utilization_entropy(usage)}
 
 
 class EvalCache:
@@ -209,7 +240,7 @@ class EvalCache:
         self.store.wait_idle()
         now = store_counts(self.store)
         self.counts = {k: now[k] - self.before[k] for k in now}
-        return {**cache_scalars(self.counts, self.detection.steps, prefix="eval/"), **detector}
+        return {**cache_scalars(self.counts, self.detection.steps, prefix=tags.EVAL_PREFIX), **detector}
 
 
 def _ratio(a: float, b: float) -> float:

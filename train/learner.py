@@ -19,22 +19,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from agent.cores.moe_elstm import MoEELSTMCore
 from agent.model import ActorCritic, Inputs
+from train import tags
 from train.actor import Rollout
 from train.config import LearnerConfig, RunConfig
 from train.distributed import World
+from train.expert_optimizer import ExpertOptimizer
 from train.vtrace import vtrace
 
 
 class Learner:
     def __init__(self, model: ActorCritic, cfg: RunConfig, device: torch.device, world: World | None = None):
         """``world``: the ranks whose gradients are summed (``train/distributed.py``; None = this
-        process alone), each with ``cfg.env.num_envs / world.size`` of the streams."""
+        process alone), each with ``cfg.env.num_envs / world.size`` of the streams. A MoE core must
+        have been built with the same world's ``collectives``."""
         self.model, self.cfg, self.device = model, cfg, device
         self.world = world or World()
-        model.core.world = self.world
         lc = cfg.learner
         self.optimizer = make_optimizer(list(model.parameters()), lc)
+        core = model.core
+        # The experts live in the store (train/experts.py attaches it before the first update).
+        self.expert_optimizer = ExpertOptimizer(
+            core, lc.rmsprop_alpha, lc.rmsprop_eps, evict_after_use=cfg.store.prefetch == "none",
+            collectives=self.world.collectives(core.num_experts)) if isinstance(core, MoEELSTMCore) else None
         # Linear decay over the whole run (all stages), measured in updates; the last update still
         # learns. An optional linear warm-up over the first lr_warmup updates.
         total_updates, warmup = cfg.total_updates(), lc.lr_warmup
@@ -102,17 +110,18 @@ class Learner:
             g.mul_(scale)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        core.learner_step(lr)
+        if self.expert_optimizer is not None:
+            self.expert_optimizer.step(lr)
         self.scheduler.step()
         self.version += 1
         return {
-            "losses/policy": pg_loss.item(), "losses/value": value_loss.item(),
-            "losses/entropy": entropy_loss.item(), "losses/total": total.item(),
-            "losses/grad_norm": grad_norm.item(), "charts/learning_rate": self.scheduler.get_last_lr()[0],
-            "stats/policy_lag": float(self.version - 1 - rollout.param_version),
-            "stats/learn_time": time.perf_counter() - t0,
-            **self.model.core.learner_stats(),
-            **({"dist/allreduce_bytes": float(self.world.bytes_reduced - reduced)} if self.world.size > 1 else {}),
+            tags.LOSS_POLICY: pg_loss.item(), tags.LOSS_VALUE: value_loss.item(),
+            tags.LOSS_ENTROPY: entropy_loss.item(), tags.LOSS_TOTAL: total.item(),
+            tags.GRAD_NORM: grad_norm.item(), tags.LEARNING_RATE: self.scheduler.get_last_lr()[0],
+            tags.POLICY_LAG: float(self.version - 1 - rollout.param_version),
+            tags.LEARN_TIME: time.perf_counter() - t0,
+            **tags.core_stats(core.learner_stats()),
+            **({tags.ALLREDUCE_BYTES: float(self.world.bytes_reduced - reduced)} if self.world.size > 1 else {}),
         }
 
     def state_dict(self) -> dict:

@@ -99,7 +99,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     world.on_rank0(lambda: run_dirs.start(rd, cfg, resume, allow_config_change))
     seed_everything(cfg.seed)
 
-    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(device)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set,
+                        world.collectives(cfg.model.num_experts)).to(device)
     learner = Learner(model, cfg, device, world)
     ckpts = CheckpointManager(rd.root)
     progress = Progress()
@@ -250,9 +251,9 @@ def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cac
         scalars.update(cache.scalars(total, window.n))
     if run.world.size > 1:
         for rank, r in enumerate(ranks):
-            scalars[f"rank{rank}/{tags.SPS}"] = r["sps"]
+            scalars[tags.per_rank(rank, tags.SPS)] = r["sps"]
             if cache.core is not None:
-                scalars.update(cache_scalars(r["cache"], window.n, prefix=f"rank{rank}/"))
+                scalars.update(cache_scalars(r["cache"], window.n, prefix=tags.per_rank(rank, "")))
     run.logger.scalars(scalars, progress.total_frames)
     for r in ranks:
         for frames, ret, length in r["episodes"]:

@@ -70,6 +70,19 @@ DIAG_ACCURACY = "diag/accuracy"
 DIAG_EVAL_ACCURACY = "diag/eval_accuracy"
 
 
+CORE_STATS = {
+    "max_abs_J": RTRL_MAX_ABS_J, "frac_J_gt_1": RTRL_FRAC_J_GT_1, "max_abs_S": RTRL_MAX_ABS_S,
+    "active_experts": EXPERTS_ACTIVE, "agreed_experts": EXPERTS_AGREED, "pending_experts": EXPERTS_PENDING,
+    "pending_delay": EXPERTS_PENDING_DELAY,
+}
+"""The tag of each figure a core's ``learner_stats`` reports (agent/cores/), by its plain name."""
+
+
+def core_stats(stats: dict[str, float]) -> dict[str, float]:
+    """A core's ``learner_stats`` under their TensorBoard tags (:data:`CORE_STATS`)."""
+    return {CORE_STATS[name]: value for name, value in stats.items()}
+
+
 def episodic_return(game: str) -> str:
     return f"charts/episodic_return/{game}"
 

@@ -79,12 +79,11 @@ class Core(nn.Module, ABC):
 
     def learner_grads(self) -> list[torch.Tensor]:
         """Gradients the core holds outside ``parameters()`` (e.g. experts in a store), clipped in place
-        together with the parameters' gradients after :meth:`learner_after_backward`."""
+        together with the parameters' gradients after :meth:`learner_after_backward` (the learner's
+        optimizer for them, e.g. ``train/expert_optimizer.py``, applies them)."""
         return []
 
-    def learner_step(self, lr: float) -> None:
-        """Apply the optimizer to what :meth:`learner_grads` returned, after the dense optimizer step."""
-
     def learner_stats(self) -> dict[str, float]:
-        """Scalars about the latest learner pass to log (e.g. RTRL stability telemetry)."""
+        """Scalars about the latest learner pass under plain names (e.g. RTRL stability telemetry);
+        ``train/logger.py`` maps them to their TensorBoard tags."""
         return {}

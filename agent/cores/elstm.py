@@ -11,7 +11,8 @@ The recurrence is element-wise, so dc_t/dc_{t-1} is diagonal,
 and the sensitivities dc/dtheta of the recurrent parameters cost O(N * D) per stream:
     S_F <- J * S_F + fh (x) x      S_Z <- J * S_Z + zh (x) x
     S_wf <- J * S_wf + fh * c_prev   S_wz <- J * S_wz + zh * c_prev   S_bf <- J * S_bf + fh   S_bz <- J * S_bz + zh
-A stream's c and sensitivities are zeroed when its episode starts.
+A stream's c and sensitivities are zeroed when its episode starts. The update rules (shared with
+the MoE core) live in ``agent/rtrl.py``.
 
 Learning rules (``learning``):
   ``tbptt``: the default hooks of :class:`Core` (BPTT through the rollout, cut every M steps).
@@ -40,14 +41,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from agent.cores.base import Core, State
+from agent.rtrl import (VECTORS, decay_stats, derivatives, immediates, last_cell, leaf_grad, per_step_sensitivities,
+                        run, segment_decay, segment_sensitivities, unroll)
 
-RECURRENT = ("F", "Z", "w_f", "w_z", "b_f", "b_z")
+RECURRENT = ("F", "Z", *VECTORS)
 """The parameters whose gradient RTRL computes (the output gate is plain backprop)."""
 
 
@@ -126,7 +129,7 @@ class ELSTMCore(Core):
         B, N, D = batch_size, self.output_size, self.input_size
         zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=self.F.dtype)  # noqa: E731
         S = {"F": zeros(B, N, D), "Z": zeros(B, N, D)}
-        S.update({k: zeros(B, N) for k in ("w_f", "w_z", "b_f", "b_z")})
+        S.update({k: zeros(B, N) for k in VECTORS})
         return RTRLCarry(c=zeros(B, N), S=S)
 
     def learner_unroll(self, inputs: torch.Tensor, first: torch.Tensor, rollout_state: State, carry: Any,
@@ -154,113 +157,38 @@ class ELSTMCore(Core):
     def learner_stats(self) -> dict[str, float]:
         return dict(self._stats)
 
-    def _derivatives(self, r: _Record) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return derivatives(r.f, r.z, r.c_prev, self.w_f, self.w_z)
-
     def _segment_rtrl(self, r: _Record) -> RTRLCarry:
-        zh, fh, J = self._derivatives(r)
-        with torch.no_grad():
-            # Carried term: the rollout's loss through c_0 into everything before the rollout.
-            e0 = r.c0.grad if r.c0.grad is not None else torch.zeros_like(r.c0)
-            add_grad(self.F, torch.einsum("bn,bnd->nd", e0, r.carry.S["F"]))
-            add_grad(self.Z, torch.einsum("bn,bnd->nd", e0, r.carry.S["Z"]))
-            for k in ("w_f", "w_z", "b_f", "b_z"):
-                add_grad(getattr(self, k), (e0 * r.carry.S[k]).sum(0))
-            # Advance the sensitivities over the rollout: a reset at step s zeroes everything before s.
-            decay, total = segment_decay(J * r.keep)
-            x_btd = r.x.transpose(0, 1)
-            S = r.carry.S
-            # In place: a fresh [B, N, D] tensor per rollout costs more than the update itself.
-            S["F"].mul_(total.unsqueeze(-1)).baddbmm_((decay * fh).permute(1, 2, 0), x_btd)
-            S["Z"].mul_(total.unsqueeze(-1)).baddbmm_((decay * zh).permute(1, 2, 0), x_btd)
-            for k, imm in (("w_f", fh * r.c_prev), ("w_z", zh * r.c_prev), ("b_f", fh), ("b_z", zh)):
-                S[k].mul_(total).add_((decay * imm).sum(0))
-            c_T = r.f[-1] * r.c_prev[-1] + (1.0 - r.f[-1]) * r.z[-1]
-        self._telemetry(J, S)
-        return RTRLCarry(c=c_T, S=S)
+        run(self.segment_phases(r))
+        return RTRLCarry(c=last_cell(r.f, r.z, r.c_prev), S=r.carry.S)
+
+    def segment_phases(self, r: _Record) -> Iterator[str]:
+        """Segment-form RTRL after the backward pass of rollout ``r``: the carried gradient into the
+        recurrent parameters, the sensitivities advanced in place over the rollout (a reset at step s
+        zeroes everything before s) and the telemetry; yields each phase's name once it is done
+        (``bench/rtrl.py`` times them)."""
+        zh, fh, J = derivatives(r.f, r.z, r.c_prev, self.w_f, self.w_z)
+        yield "derivatives"
+        decay, total = segment_decay(J * r.keep)
+        yield "decay_cumprod"
+        # Every operand is detached (no_grad would stay on in the caller between the yields).
+        yield from segment_sensitivities(self._params(), r.carry.S, leaf_grad(r.c0), decay, total,
+                                         immediates(zh, fh, r.c_prev), r.x)
+        self._telemetry(J, r.carry.S)
+        yield "telemetry"
 
     def _per_step_rtrl(self, r: _Record) -> RTRLCarry:
-        zh, fh, J = self._derivatives(r)
+        zh, fh, J = derivatives(r.f, r.z, r.c_prev, self.w_f, self.w_z)
         with torch.no_grad():
             S = {k: v.clone() for k, v in r.carry.S.items()}
-            grads = {k: torch.zeros_like(getattr(self, k)) for k in RECURRENT}
-            for t in range(r.x.shape[0]):
-                keep, Jt = r.keep[t], J[t]
-                S["F"] = (Jt * keep).unsqueeze(-1) * S["F"] + fh[t].unsqueeze(-1) * r.x[t].unsqueeze(1)
-                S["Z"] = (Jt * keep).unsqueeze(-1) * S["Z"] + zh[t].unsqueeze(-1) * r.x[t].unsqueeze(1)
-                S["w_f"] = Jt * keep * S["w_f"] + fh[t] * r.c_prev[t]
-                S["w_z"] = Jt * keep * S["w_z"] + zh[t] * r.c_prev[t]
-                S["b_f"] = Jt * keep * S["b_f"] + fh[t]
-                S["b_z"] = Jt * keep * S["b_z"] + zh[t]
-                e = r.cells[t].grad
-                if e is None:
-                    continue
-                grads["F"] += torch.einsum("bn,bnd->nd", e, S["F"])
-                grads["Z"] += torch.einsum("bn,bnd->nd", e, S["Z"])
-                for k in ("w_f", "w_z", "b_f", "b_z"):
-                    grads[k] += (e * S[k]).sum(0)
-            for k, g in grads.items():
-                add_grad(getattr(self, k), g)
+            per_step_sensitivities(self._params(), S, J * r.keep, immediates(zh, fh, r.c_prev),
+                                   [c.grad for c in r.cells], r.x)
             c_T = r.cells[-1].detach()
         self._telemetry(J, S)
         return RTRLCarry(c=c_T, S=S)
 
+    def _params(self) -> dict[str, nn.Parameter]:
+        return {k: getattr(self, k) for k in RECURRENT}
+
     def _telemetry(self, J: torch.Tensor, S: dict[str, torch.Tensor]) -> None:
-        self._stats = {
-            "rtrl/max_abs_J": J.abs().max().item(),
-            "rtrl/frac_J_gt_1": (J.abs() > 1.0).float().mean().item(),
-            "rtrl/max_abs_S": max(t.abs().item() for k in ("F", "Z") for t in torch.aminmax(S[k])),
-        }
-
-
-def unroll(cell, c: torch.Tensor, keep: torch.Tensor, per_step: bool
-           ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
-    """The learner's pass over a rollout of T + 1 steps for both RTRL forms.
-
-    ``cell(t, c_prev) -> (h, c, f, z)``; ``c`` [B, N] the carried cell (the autograd leaf c_0 in the
-    segment form); ``keep`` [T + 1, B, 1] zero where a stream's episode starts. Returns the outputs
-    [T + 1, B, N], the per-step cells with retained grads (per-step form, steps 0..T-1) and the
-    detached ``c_prev``, ``f``, ``z`` [T, B, N] that the sensitivity update needs. In the per-step
-    form a fresh leaf per step cuts the recurrence and makes c_t part of the graph, so autograd
-    yields e_t = dL_t/dc_t through the heads only.
-    """
-    T = keep.shape[0] - 1
-    outputs, cells, rec = [], [], {"c_prev": [], "f": [], "z": []}
-    for t in range(T + 1):
-        c_prev = (c.detach().requires_grad_() if per_step else c) * keep[t]
-        h, c, f, z = cell(t, c_prev)
-        outputs.append(h)
-        if t < T:
-            if per_step:
-                c.retain_grad()
-                cells.append(c)
-            for k, v in (("c_prev", c_prev), ("f", f), ("z", z)):
-                rec[k].append(v.detach())
-    return torch.stack(outputs), cells, {k: torch.stack(v) for k, v in rec.items()}
-
-
-def derivatives(f: torch.Tensor, z: torch.Tensor, c_prev: torch.Tensor, w_f: torch.Tensor, w_z: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """zh, fh (immediate dc/d(preactivation)) and the decay J = dc/dc_prev, each shaped like ``f``."""
-    with torch.no_grad():
-        zh = (1.0 - f) * (1.0 - z ** 2)
-        fh = (c_prev - z) * f * (1.0 - f)
-        J = f + w_z * zh + w_f * fh
-    return zh, fh, J
-
-
-def segment_decay(Jk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jk [T, B, N] (J with resets as zeros) -> (decay [T, B, N], total [B, N]):
-    ``decay[t] = prod_{t < s < T} Jk[s]`` (reverse cumulative product, never a division) and
-    ``total = prod_t Jk[t] = dc_T/dc_0``."""
-    decay = torch.ones_like(Jk)
-    if Jk.shape[0] > 1:
-        decay[:-1] = torch.flip(torch.cumprod(torch.flip(Jk[1:], [0]), 0), [0])
-    return decay, Jk.prod(0)
-
-
-def add_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
-    if param.grad is None:
-        param.grad = grad.clone()
-    else:
-        param.grad.add_(grad)
+        self._stats = {**decay_stats(J),
+                       "max_abs_S": max(t.abs().item() for k in ("F", "Z") for t in torch.aminmax(S[k]))}

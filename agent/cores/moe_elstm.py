@@ -18,15 +18,17 @@ and on activation (or a flush) it is materialised:
     grad_e += sum_b gamma_e[b, :, None] * S~_e[b];   S~_e <- rho_e[..., None] * S~_e;   rho_e <- 1;  gamma_e <- 0.
 So a rollout costs O(E B N) for all experts plus O(k-ish B N T D) for the active ones, and cold
 experts' parameters, RMSprop state and sensitivities stay in dram or on NVMe. A cold expert's
-pending gradient is applied at the update that next activates it (or at :meth:`flush_pending`) in the segment form; in the per-step form the steps after its last routing in a rollout stay pending into later updates (the totals are exact);
-the delay in updates is logged as ``experts/pending_delay``. ``lazy=False`` (eager) materialises
+pending gradient is applied at the update that next activates it (or at a flush before a
+checkpoint, :meth:`MoEELSTMCore.pending_gradients`) in the segment form; in the per-step form the
+steps after its last routing in a rollout stay pending into later updates (the totals are exact).
+The delay in updates is the ``pending_delay`` of :meth:`MoEELSTMCore.learner_stats`. ``lazy=False`` (eager) materialises
 every expert on every rollout: the same gradients in total, at a cost linear in E.
 
 Segment form (training): autograd runs BPTT inside the rollout from a leaf c_0; the experts'
 within-rollout gradient comes from dL/d(preactivation) [T, B, N] (kept by autograd) as
 sum_{t,b} G_e[t,b] * dL/dpre[t,b] (x) x[t,b]; then :meth:`learner_after_backward` adds the carried
 terms (dL/dc_0 . S) and advances every sensitivity over the whole rollout with the reverse
-cumulative product of J (``segment_decay`` in ``agent/cores/elstm.py``). Per-step form (the
+cumulative product of J (``segment_decay``; the shared update rules are ``agent/rtrl.py``'s). Per-step form (the
 reference): the recurrence is cut after every step, autograd writes nothing into the experts or the
 shared recurrent vectors, and the sensitivities are updated step by step with the same lazy rule
 per step. The router and everything below the core get the within-rollout (segment) or
@@ -35,40 +37,56 @@ within-step (per-step) gradient; the output gate gets plain backprop.
 Out of core. The forward pass (actor and learner) computes with the parameter replica, the buffers
 ``expert_F``/``expert_Z`` [E, N, D] (published to the actor thread with the rest of the state dict
 after every update, and saved in checkpoints). Everything else about an expert lives in the store
-(``storage/expert_store.py``): ``F``, ``Z``, their RMSprop square averages ``sq_F``, ``sq_Z`` and the
-sensitivities ``S_F``, ``S_Z`` [B, N, D] of the learner's B streams, B + 2 times the parameters.
-After the backward pass the experts of the rollout stream through hbm in chunks of at most the
-hbm capacity, twice per update: once to fold in their lazy vectors, form their gradients and
-advance their sensitivities, once (after the global gradient-norm clip, which needs every
-gradient) for the RMSprop step and the replica refresh. So hbm need not hold a rollout's experts
-at once; when it does, the second pass is all hits.
+(``storage/expert_store.py``; its record is ``train/experts.py``'s ``expert_spec``): ``F``, ``Z``,
+their RMSprop square averages ``sq_F``, ``sq_Z`` and the sensitivities ``S_F``, ``S_Z`` [B, N, D] of
+the learner's B streams, B + 2 times the parameters. This core reads and writes only the
+sensitivities; the expert optimizer (``train/expert_optimizer.py``) owns the rest and refreshes the
+replica. After the backward pass the experts of the rollout stream through hbm in chunks of at
+most the hbm capacity (:meth:`MoEELSTMCore.hbm_chunks`), twice per update: once here to fold in
+their lazy vectors, form their gradients and advance their sensitivities, once in the optimizer
+(after the global gradient-norm clip, which needs every gradient) for the RMSprop step. So hbm need
+not hold a rollout's experts at once; when it does, the second pass is all hits.
+
+Data-parallel runs (``train/distributed.py``) hand the core a :class:`Collectives` at construction:
+the ranks agree on the experts each pass materialises and sum the routing counts.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from agent.cores.base import Core, State
-from agent.cores.elstm import add_grad, derivatives, segment_decay, unroll
 from agent.router import Router
+from agent.rtrl import (VECTORS, contract, decay_stats, derivatives, immediates, last_cell, leaf_grad,
+                        per_step_sensitivities, run, segment_decay, segment_sensitivities, step_update, unroll)
 from storage.expert_store import ExpertStore
-from storage.slab import RecordSpec, TensorSpec
 
-VECTORS = ("w_f", "w_z", "b_f", "b_z")
-"""Shared recurrent parameters with dense RTRL sensitivities [B, N]."""
-EXPERT_KINDS = ("F", "Z", "sq_F", "sq_Z", "S_F", "S_Z")
+SENSITIVITIES = {"F": "S_F", "Z": "S_Z"}
+"""The expert parameters and the keys of their sensitivities [B, N, D] in a store record."""
 
 
-def expert_spec(hidden_size: int, input_size: int, batch_size: int, dtype: torch.dtype = torch.float32) -> RecordSpec:
-    """The store record of one expert: parameters and RMSprop state [N, D], sensitivities [B, N, D]."""
-    N, D, B = hidden_size, input_size, batch_size
-    spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z", "sq_F", "sq_Z")}
-    spec.update({k: TensorSpec((B, N, D), dtype) for k in ("S_F", "S_Z")})
-    return spec
+def _alone(ids: list[int]) -> list[int]:
+    return sorted(set(ids))
+
+
+def _no_reduce(tensors: list[torch.Tensor]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """How the ranks of a data-parallel run combine the MoE learner's figures (``train/distributed.py``'s
+    World supplies them); the defaults are those of a process alone."""
+
+    agree: Callable[[list[int]], list[int]] = _alone
+    """Expert ids -> the sorted union of every rank's ids (all ranks then materialise and update these)."""
+    all_reduce_sum: Callable[[list[torch.Tensor]], None] = _no_reduce
+    """Sum the tensors over the ranks, in place (the same order on every rank)."""
 
 
 @dataclass
@@ -87,7 +105,7 @@ class MoECarry:
 
 @dataclass
 class _Pass:
-    """One learner pass: what ``learner_after_backward`` and ``learner_step`` need (detached unless noted)."""
+    """One learner pass: what ``learner_after_backward`` needs (detached unless noted)."""
 
     x: torch.Tensor          # [T, B, D]
     c_prev: torch.Tensor     # [T, B, N] after resets
@@ -110,12 +128,14 @@ class _Pass:
 class MoEELSTMCore(Core):
     def __init__(self, input_size: int, hidden_size: int, num_experts: int, top_k: int, routing: str,
                  schedule: list[int], num_games: int, rtrl_form: str = "segment", lazy: bool = True,
-                 balance_cost: float = 0.01) -> None:
-        """``schedule``: the run's game ids in stage order (game routing, per-game statistics)."""
+                 balance_cost: float = 0.01, collectives: Collectives = Collectives()) -> None:
+        """``schedule``: the run's game ids in stage order (game routing, per-game statistics);
+        ``collectives``: the ranks of a data-parallel run (default: this process alone)."""
         super().__init__()
         self.input_size, self.output_size = input_size, hidden_size
         self.num_experts, self.top_k = num_experts, top_k
         self.rtrl_form, self.lazy, self.balance_cost = rtrl_form, lazy, balance_cost
+        self.collectives = collectives
         N, D, E = hidden_size, input_size, num_experts
         bound = 1.0 / math.sqrt(D)
         self.w_f = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
@@ -127,16 +147,12 @@ class MoEELSTMCore(Core):
         self.register_buffer("expert_F", torch.empty(E, N, D).uniform_(-bound, bound))
         self.register_buffer("expert_Z", torch.empty(E, N, D).uniform_(-bound, bound))
         self.store: ExpertStore | None = None
+        self.pin_reserve = 0
         # Experts idx [T, B, k] of the latest forward pass (evaluation demands them from the store).
         self.last_routing: torch.Tensor | None = None
-        self.evict_after_use = False
-        self.pin_reserve = 0  # hbm slots a prefetcher (actor thread) may pin at any moment (hbm_chunks)
-        # The ranks of a data-parallel run (train/distributed.py; set by the learner, None = alone):
-        # they agree on the experts each pass materialises and sum the experts' gradients.
-        self.world = None
-        self.rmsprop = (0.99, 0.01)
-        self.updates = 0
-        self._pass: _Pass | None = None
+        self.expert_grads: dict[int, list[torch.Tensor]] = {}
+        """The latest pass's expert gradients {e: [grad F, grad Z]} [N, D] (for the expert optimizer)."""
+        self.updates = 0  # learner passes so far: the clock of the pending gradients' delays
         self._pending_since = [-1] * E
         self._has_sensitivity = [False] * E
         self._delays: list[int] = []
@@ -146,22 +162,22 @@ class MoEELSTMCore(Core):
         self.register_buffer("usage", torch.zeros(int(self.router.game_slot.max()) + 1, E, dtype=torch.float64))
 
     # ------------------------------------------------------------------------------------- store
-    def create_store(self, directory, batch_size: int, hbm: int, dram: int, device: torch.device | str,
-                     square_init: float = 0.0, **kwargs) -> ExpertStore:
-        """A new store in ``directory`` holding every expert: the replica's parameters, RMSprop square
-        averages of ``square_init`` (0 as torch's RMSprop, 1 as TensorFlow's) and zero sensitivities
-        for ``batch_size`` streams."""
-        N, D = self.output_size, self.input_size
-        spec = expert_spec(N, D, batch_size, self.expert_F.dtype)
-        square_nd = torch.full((N, D), square_init, dtype=self.expert_F.dtype)
-        zeros_bnd = torch.zeros(batch_size, N, D, dtype=self.expert_F.dtype)
-        init = lambda e: {"F": self.expert_F[e].cpu(), "Z": self.expert_Z[e].cpu(), "sq_F": square_nd,  # noqa: E731
-                          "sq_Z": square_nd, "S_F": zeros_bnd, "S_Z": zeros_bnd}
-        return ExpertStore.create(directory, spec, self.num_experts, hbm, dram, device, init=init, **kwargs)
+    def attach_store(self, store: ExpertStore, pin_reserve: int = 0) -> None:
+        """Learn with the experts' sensitivities in ``store`` (``train/experts.py`` creates and opens it).
 
-    def attach_store(self, store: ExpertStore, rmsprop_alpha: float, rmsprop_eps: float) -> None:
-        """Learn with the experts in ``store``; RMSprop's smoothing constant and epsilon for them."""
-        self.store, self.rmsprop = store, (rmsprop_alpha, rmsprop_eps)
+        ``pin_reserve``: the hbm slots a prefetcher in another thread (the actor's) may pin at any
+        moment, left free by :meth:`hbm_chunks`."""
+        self.store, self.pin_reserve = store, pin_reserve
+
+    def hbm_chunks(self, experts: list[int]) -> Iterator[tuple[list[int], list[dict[str, torch.Tensor]]]]:
+        """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them.
+
+        A chunk leaves room for every pin that may come while it is held: the pins now, or the
+        ``pin_reserve`` a prefetcher in another thread may pin at any moment."""
+        size = max(1, self.store.hbm_capacity - max(self.store.pinned_count, self.pin_reserve))
+        for start in range(0, len(experts), size):
+            ids = experts[start:start + size]
+            yield ids, self.store.get(ids)
 
     # ------------------------------------------------------------------------------------- acting
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
@@ -238,13 +254,12 @@ class MoEELSTMCore(Core):
         aux = self.router.balance_loss(idx[:T].reshape(T * B, -1),
                                        None if probs is None else probs[:T].reshape(T * B, -1),
                                        None if game_id is None else game_id[:T].reshape(-1),
-                                       None if self.world is None else self.world.all_reduce_sum)
+                                       self.collectives.all_reduce_sum)
         self._count_usage(idx[:T], None if game_id is None else game_id[:T])
-        self._pass = _Pass(x=inputs[:T].detach(), keep=keep[:T], G=G, routed=routed,
-                           experts=self._agree(routed) if self.lazy else list(range(self.num_experts)),
-                           carry=carry, c0=c0,
-                           pre=pre, cells=cells, aux=None if aux is None else self.balance_cost * aux, **rec)
-        return outputs, self._pass
+        p = _Pass(x=inputs[:T].detach(), keep=keep[:T], G=G, routed=routed,
+                  experts=self.collectives.agree(routed) if self.lazy else list(range(self.num_experts)),
+                  carry=carry, c0=c0, pre=pre, cells=cells, aux=None if aux is None else self.balance_cost * aux, **rec)
+        return outputs, p
 
     def learner_aux_loss(self, context: _Pass) -> torch.Tensor | None:
         return context.aux
@@ -252,14 +267,15 @@ class MoEELSTMCore(Core):
     def learner_after_backward(self, p: _Pass) -> MoECarry:
         zh, fh, J = derivatives(p.f, p.z, p.c_prev, self.w_f, self.w_z)
         p.decay, p.total = segment_decay(J * p.keep)
+        imms = immediates(zh, fh, p.c_prev)
         self._delays = []
         step = self._step_experts if self.rtrl_form == "step" else self._segment_experts
         with torch.no_grad():
-            carry = self._vectors(p, zh, fh, J)
+            carry = self._vectors(p, J, imms)
             for ids, records in self.hbm_chunks(p.experts):
                 for e, r in zip(ids, records):
                     pending = self._materialize(e, r, p.carry)
-                    p.grads[e] = step(p, e, r, zh, fh, J, pending)
+                    p.grads[e] = step(p, e, r, J, imms, pending)
                 self.store.release(ids, dirty=True)
             self._idle_experts(p, J)
         for e in p.routed:
@@ -272,34 +288,27 @@ class MoEELSTMCore(Core):
         for e in range(self.num_experts):
             if lazy[e] and self._has_sensitivity[e] and self._pending_since[e] < 0:
                 self._pending_since[e] = self.updates
-        self._stats.update({"rtrl/max_abs_J": J.abs().max().item(), "rtrl/frac_J_gt_1": (J.abs() > 1.0).float().mean().item(),
-                            "experts/active": float(len(p.routed)), "experts/agreed": float(len(p.experts)),
-                            "experts/pending": float(sum(1 for s in self._pending_since if s >= 0))})
+        self._stats.update({**decay_stats(J), "active_experts": float(len(p.routed)),
+                            "agreed_experts": float(len(p.experts)),
+                            "pending_experts": float(len(self.pending_experts()))})
         if self._delays:  # mean wait, in updates, of the pending gradients this pass applied
-            self._stats["experts/pending_delay"] = sum(self._delays) / len(self._delays)
+            self._stats["pending_delay"] = sum(self._delays) / len(self._delays)
+        self.expert_grads = p.grads
+        self.updates += 1
         return carry
 
     def learner_grads(self) -> list[torch.Tensor]:
         """The experts' gradients of the latest pass, to be clipped (in place) with the dense ones."""
-        return [] if self._pass is None else [g for pair in self._pass.grads.values() for g in pair]
+        return [g for pair in self.expert_grads.values() for g in pair]
 
-    def learner_step(self, lr: float) -> None:
-        """RMSprop on the latest pass's experts in their hbm records; refresh the replica; release them dirty."""
-        p, self._pass = self._pass, None
-        with torch.no_grad():
-            # Reverse order: the chunk the first pass brought in last is still in hbm.
-            for ids, records in self.hbm_chunks(list(reversed(p.grads))):
-                for e, r in zip(ids, records):
-                    self._rmsprop_step(e, r, *p.grads[e], lr)
-                self.store.release(ids, dirty=True)
-        if self.evict_after_use:  # --prefetch none: no expert stays in hbm between updates
-            self.store.evict(list(p.grads))
-        self.updates += 1
+    def pending_experts(self) -> list[int]:
+        """The experts with a gradient not yet materialised (lazy vectors over a stored sensitivity)."""
+        return [e for e in range(self.num_experts) if self._pending_since[e] >= 0]
 
     def pending_gradients(self, carry: MoECarry, experts: list[int] | None = None) -> dict[int, list[torch.Tensor]]:
-        """Materialise ``experts`` (default: those with a pending gradient) and return their pending
+        """Materialise ``experts`` (default: :meth:`pending_experts`) and return their pending
         gradients ``{e: [grad F, grad Z]}``; their sensitivities are then exact as stored."""
-        todo = [e for e in range(self.num_experts) if self._pending_since[e] >= 0] if experts is None else experts
+        todo = self.pending_experts() if experts is None else experts
         grads = {}
         with torch.no_grad():
             for ids, records in self.hbm_chunks(todo):
@@ -308,50 +317,19 @@ class MoEELSTMCore(Core):
                 self.store.release(ids, dirty=True)
         return grads
 
-    def flush_pending(self, carry: MoECarry, lr: float, clip: float) -> int:
-        """Apply every pending gradient now (before a checkpoint, so none is lost with the carry),
-        clipped to ``clip`` global norm like an update. Returns how many experts had one."""
-        grads = self.pending_gradients(carry, self._agree([e for e in range(self.num_experts)
-                                                           if self._pending_since[e] >= 0]))
-        flat = [g for pair in grads.values() for g in pair]
-        with torch.no_grad():
-            if self.world is not None:
-                self.world.all_reduce_sum(flat)
-            if flat:
-                scale = min(1.0, clip / (float(torch.nn.utils.get_total_norm(flat)) + 1e-6))
-                for g in flat:
-                    g.mul_(scale)
-            for ids, records in self.hbm_chunks(list(grads)):
-                for e, r in zip(ids, records):
-                    self._rmsprop_step(e, r, *grads[e], lr)
-                self.store.release(ids, dirty=True)
-        return len(grads)
-
     def learner_stats(self) -> dict[str, float]:
+        """``max_abs_J``, ``frac_J_gt_1`` (the latest rollout's decays), ``active_experts`` (routed),
+        ``agreed_experts`` (materialised), ``pending_experts`` and, when the latest pass applied
+        pending gradients, their mean ``pending_delay`` in updates."""
         return dict(self._stats)
 
     # ------------------------------------------------------------------------------------- RTRL
-    def _agree(self, experts: list[int]) -> list[int]:
-        """The sorted union of ``experts`` over the ranks (every rank materialises and updates these)."""
-        return sorted(set(experts)) if self.world is None else self.world.union(experts, self.num_experts)
-
-    def hbm_chunks(self, experts: list[int]):
-        """(ids, hbm records) for consecutive chunks of ``experts`` that fit in hbm; the caller releases them.
-
-        A chunk leaves room for every pin that may come while it is held: the pins now, or the
-        ``pin_reserve`` a prefetcher in another thread may pin at any moment."""
-        size = max(1, self.store.hbm_capacity - max(self.store.pinned_count, self.pin_reserve))
-        for start in range(0, len(experts), size):
-            ids = experts[start:start + size]
-            yield ids, self.store.get(ids)
-
     def _materialize(self, e: int, record: dict[str, torch.Tensor], carry: MoECarry) -> tuple[torch.Tensor, torch.Tensor]:
         """Fold expert e's lazy vectors into its stored sensitivities; returns its pending gradient."""
         gamma, rho = carry.gamma[e], carry.rho[e]
-        gF = torch.einsum("bn,bnd->nd", gamma, record["S_F"])
-        gZ = torch.einsum("bn,bnd->nd", gamma, record["S_Z"])
-        record["S_F"].mul_(rho.unsqueeze(-1))
-        record["S_Z"].mul_(rho.unsqueeze(-1))
+        gF, gZ = (contract(gamma, record[key]) for key in SENSITIVITIES.values())
+        for key in SENSITIVITIES.values():
+            record[key].mul_(rho.unsqueeze(-1))
         rho.fill_(1.0)
         gamma.zero_()
         if self._pending_since[e] >= 0:
@@ -359,64 +337,56 @@ class MoEELSTMCore(Core):
             self._pending_since[e] = -1
         return gF, gZ
 
-    def _vectors(self, p: _Pass, zh: torch.Tensor, fh: torch.Tensor, J: torch.Tensor) -> MoECarry:
+    def _vectors(self, p: _Pass, J: torch.Tensor, imms: dict[str, torch.Tensor]) -> MoECarry:
         """Gradients and sensitivities of the shared recurrent vectors (as the dense eLSTM); the new carry."""
-        S = p.carry.S
-        imms = {"w_f": fh * p.c_prev, "w_z": zh * p.c_prev, "b_f": fh, "b_z": zh}
+        params = {k: getattr(self, k) for k in VECTORS}
         if self.rtrl_form == "step":
-            grads = {k: torch.zeros_like(getattr(self, k)) for k in VECTORS}
-            for t in range(p.x.shape[0]):
-                e_t = _cell_grad(p, t)
-                for k in VECTORS:
-                    S[k] = J[t] * p.keep[t] * S[k] + imms[k][t]
-                    grads[k] += (e_t * S[k]).sum(0)
-            for k, g in grads.items():
-                add_grad(getattr(self, k), g)
+            per_step_sensitivities(params, p.carry.S, J * p.keep, imms, [c.grad for c in p.cells])
             c_T = p.cells[-1].detach()
         else:
-            e0, decay, total = _leaf_grad(p.c0), p.decay, p.total
-            for k in VECTORS:
-                add_grad(getattr(self, k), (e0 * S[k]).sum(0))
-                S[k].mul_(total).add_((decay * imms[k]).sum(0))
-            c_T = p.f[-1] * p.c_prev[-1] + (1.0 - p.f[-1]) * p.z[-1]
-        return MoECarry(c=c_T, S=S, rho=p.carry.rho, gamma=p.carry.gamma)
+            run(segment_sensitivities(params, p.carry.S, leaf_grad(p.c0), p.decay, p.total, imms, p.x))
+            c_T = last_cell(p.f, p.z, p.c_prev)
+        return MoECarry(c=c_T, S=p.carry.S, rho=p.carry.rho, gamma=p.carry.gamma)
 
-    def _segment_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], zh, fh, J, pending) -> list[torch.Tensor]:
+    def _segment_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], J: torch.Tensor,
+                         imms: dict[str, torch.Tensor], pending: tuple[torch.Tensor, torch.Tensor]
+                         ) -> list[torch.Tensor]:
         """Expert e's gradient for this rollout (pending + carried + within-rollout) and its sensitivities
         advanced to the rollout's end, in place in its record."""
-        e0, decay, total = _leaf_grad(p.c0), p.decay, p.total
+        e0, decay, total = leaf_grad(p.c0), p.decay, p.total
         T = p.x.shape[0]
         gate = p.G[:, :, e]  # [T, B]
         grads = []
-        for j, (Skey, imm) in enumerate((("S_F", fh), ("S_Z", zh))):
-            g = pending[j] + torch.einsum("bn,bnd->nd", e0, r[Skey])
-            dpre = _leaf_grad(p.pre[j])[:T]  # [T, B, N]
+        for j, (name, key) in enumerate(SENSITIVITIES.items()):
+            g = pending[j] + contract(e0, r[key])
+            dpre = leaf_grad(p.pre[j])[:T]  # [T, B, N]
             if gate.any():
                 rows = gate != 0
                 g += (gate[rows].unsqueeze(-1) * dpre[rows]).T @ p.x[rows]
                 gx = gate.T.unsqueeze(-1) * p.x.transpose(0, 1)  # [B, T, D]
-                r[Skey].mul_(total.unsqueeze(-1)).baddbmm_((decay * imm).permute(1, 2, 0), gx)
+                r[key].mul_(total.unsqueeze(-1)).baddbmm_((decay * imms[name]).permute(1, 2, 0), gx)
             else:
-                r[Skey].mul_(total.unsqueeze(-1))
+                r[key].mul_(total.unsqueeze(-1))
             grads.append(g)
         return grads
 
-    def _step_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], zh, fh, J, pending) -> list[torch.Tensor]:
+    def _step_experts(self, p: _Pass, e: int, r: dict[str, torch.Tensor], J: torch.Tensor,
+                      imms: dict[str, torch.Tensor], pending: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
         """The per-step reference for expert e: lazy vectors on steps it is not routed (eager: never),
         materialise and update its sensitivities on steps it is."""
         grads = [pending[0].clone(), pending[1].clone()]
         rho, gamma = p.carry.rho[e], p.carry.gamma[e]
         for t in range(p.x.shape[0]):
-            Jk, e_t, gate = J[t] * p.keep[t], _cell_grad(p, t), p.G[t, :, e]
+            Jk, e_t, gate = J[t] * p.keep[t], leaf_grad(p.cells[t]), p.G[t, :, e]
             if self.lazy and not gate.any():
                 rho.mul_(Jk)
                 gamma.add_(e_t * rho)
                 continue
             pend = self._materialize(e, r, p.carry)
             gx = gate.unsqueeze(-1) * p.x[t]  # [B, D]
-            for j, (Skey, imm) in enumerate((("S_F", fh[t]), ("S_Z", zh[t]))):
-                r[Skey].mul_(Jk.unsqueeze(-1)).add_(imm.unsqueeze(-1) * gx.unsqueeze(1))
-                grads[j] += pend[j] + torch.einsum("bn,bnd->nd", e_t, r[Skey])
+            for j, (name, key) in enumerate(SENSITIVITIES.items()):
+                step_update(r[key], Jk, imms[name][t], gx)
+                grads[j] += pend[j] + contract(e_t, r[key])
         return grads
 
     def _idle_experts(self, p: _Pass, J: torch.Tensor) -> None:
@@ -427,32 +397,24 @@ class MoEELSTMCore(Core):
             rho, gamma = p.carry.rho[idle], p.carry.gamma[idle]
             for t in range(p.x.shape[0]):
                 rho.mul_(J[t] * p.keep[t])
-                gamma.add_(_cell_grad(p, t) * rho)
+                gamma.add_(leaf_grad(p.cells[t]) * rho)
             p.carry.rho[idle], p.carry.gamma[idle] = rho, gamma
             return
         # In place over all experts (no gather/scatter of [E, B, N]), then the materialised ones,
         # whose sensitivities were advanced explicitly, go back to rho = 1, gamma = 0.
-        p.carry.gamma.addcmul_(p.carry.rho, _leaf_grad(p.c0))
+        p.carry.gamma.addcmul_(p.carry.rho, leaf_grad(p.c0))
         p.carry.rho.mul_(p.total)
         p.carry.rho[p.experts] = 1.0
         p.carry.gamma[p.experts] = 0.0
 
     # ------------------------------------------------------------------------------------- helpers
-    def _rmsprop_step(self, e: int, record: dict[str, torch.Tensor], gF: torch.Tensor, gZ: torch.Tensor, lr: float) -> None:
-        """torch.optim.RMSprop (no momentum, not centred) on expert e's record; refresh the actor replica."""
-        alpha, eps = self.rmsprop
-        for key, sq, g, replica in (("F", "sq_F", gF, self.expert_F), ("Z", "sq_Z", gZ, self.expert_Z)):
-            record[sq].mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
-            record[key].addcdiv_(g, record[sq].sqrt().add_(eps), value=-lr)
-            replica[e].copy_(record[key])
-
     def _count_usage(self, idx: torch.Tensor, game_id: torch.Tensor | None) -> None:
         slots = torch.zeros_like(idx[..., 0]) if game_id is None else self.router.game_slot[game_id].clamp(min=0)
         counts = torch.zeros_like(self.usage)
         counts.index_put_((slots.unsqueeze(-1).expand_as(idx).reshape(-1), idx.reshape(-1)),
                           torch.ones(idx.numel(), dtype=counts.dtype, device=counts.device), accumulate=True)
-        if self.world is not None:  # every rank's streams: the usage stays the same on every rank
-            self.world.all_reduce_sum([counts])
+        # Every rank's streams: the usage stays the same on every rank.
+        self.collectives.all_reduce_sum([counts])
         self.usage.mul_(0.99).add_(counts)
 
 
@@ -462,12 +424,3 @@ def _keep_grad(t: torch.Tensor) -> torch.Tensor:
         t.retain_grad()
         return t
     return t.requires_grad_(True)
-
-
-def _leaf_grad(t: torch.Tensor) -> torch.Tensor:
-    return t.grad if t.grad is not None else torch.zeros_like(t)
-
-
-def _cell_grad(p: _Pass, t: int) -> torch.Tensor:
-    """e_t = dL_t/dc_t through the heads only (per-step form)."""
-    return _leaf_grad(p.cells[t])

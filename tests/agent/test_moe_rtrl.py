@@ -20,13 +20,16 @@ import pytest
 import torch
 
 from agent.cores.moe_elstm import VECTORS, MoEELSTMCore
+from train.expert_optimizer import ExpertOptimizer
+from train.experts import create_store
 
 D, N, B, T, E, K = 4, 5, 4, 5, 5, 2
 SEGMENTS = 4
 DT = torch.float64
 
 
-def _core(tmp_path: Path, form: str, lazy: bool, hbm: int = 2, dram: int = 3, seed: int = 0) -> MoEELSTMCore:
+def _core(tmp_path: Path, form: str, lazy: bool, hbm: int = 2, dram: int = 3, seed: int = 0
+          ) -> tuple[MoEELSTMCore, ExpertOptimizer]:
     core = MoEELSTMCore(D, N, E, K, "learned", schedule=[0], num_games=1, rtrl_form=form, lazy=lazy).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -36,9 +39,8 @@ def _core(tmp_path: Path, form: str, lazy: bool, hbm: int = 2, dram: int = 3, se
         core.router.linear.weight.zero_()
         core.router.linear.weight[1, 3], core.router.linear.weight[2, 3], core.router.linear.weight[3, 2] = 1.5, -1.5, 2.0
         core.router.linear.bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0, -3.0], dtype=DT))
-    store = core.create_store(tmp_path / f"experts-{form}-{lazy}-{hbm}", B, hbm, dram, "cpu")
-    core.attach_store(store, 0.99, 0.01)
-    return core
+    core.attach_store(create_store(core, tmp_path / f"experts-{form}-{lazy}-{hbm}", B, hbm, dram, "cpu"))
+    return core, ExpertOptimizer(core, 0.99, 0.01)
 
 
 def _data(steps: int, seed: int = 1):
@@ -80,7 +82,7 @@ def _bptt(core: MoEELSTMCore, x, W, first, c) -> dict[str, torch.Tensor]:
     return out, idx
 
 
-def _rtrl(core: MoEELSTMCore, x, W, first, c_init, segments: int = SEGMENTS):
+def _rtrl(core: MoEELSTMCore, opt: ExpertOptimizer, x, W, first, c_init, segments: int = SEGMENTS):
     """Total gradient over ``segments`` rollouts: what each update applied plus what is still pending."""
     carry = core.learner_carry(B, "cpu")
     carry.c = c_init.clone()
@@ -93,7 +95,7 @@ def _rtrl(core: MoEELSTMCore, x, W, first, c_init, segments: int = SEGMENTS):
         for e, (gF, gZ) in context.grads.items():
             experts[f"F{e}"] += gF
             experts[f"Z{e}"] += gZ
-        core.learner_step(0.0)
+        opt.step(0.0)
     for e, (gF, gZ) in core.pending_gradients(carry, list(range(E))).items():
         experts[f"F{e}"] += gF
         experts[f"Z{e}"] += gZ
@@ -114,13 +116,13 @@ def _sensitivities(core: MoEELSTMCore) -> dict[int, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("form", ["segment", "step"])
 def test_moe_rtrl_equals_full_bptt_for_experts_always_sometimes_and_never_routed(tmp_path, form, lazy):
     x, W, first, c_init = _data(SEGMENTS * T)
-    core = _core(tmp_path, form, lazy)
+    core, opt = _core(tmp_path, form, lazy)
     ref, idx = _bptt(core, x, W, first, c_init)
     routed = [[(idx[k * T:(k + 1) * T] == e).any().item() for k in range(SEGMENTS)] for e in range(E)]
     assert routed[0] == [True] * 4 and routed[4] == [False] * 4 and routed[3] == [True, False, False, False]
     assert routed[1] == [False, True, False, True] and routed[2] == [False, False, True, True]
     assert 0 < (idx[3 * T:] == 1).any(-1).any(-1).sum() < T  # steps of rollout 3 without expert 1
-    got, _ = _rtrl(core, x, W, first, c_init)
+    got, _ = _rtrl(core, opt, x, W, first, c_init)
     for name, want in ref.items():
         assert torch.allclose(got[name], want, rtol=0, atol=1e-9), (name, (got[name] - want).abs().max().item())
     assert ref["F2"].abs().max() > 1e-3 and ref["F4"].abs().max() == 0  # non-trivial, and zero when never routed
@@ -130,7 +132,7 @@ def test_moe_rtrl_equals_full_bptt_for_experts_always_sometimes_and_never_routed
 def test_truncating_the_carried_sensitivities_breaks_the_match(tmp_path):
     """Negative control: dropping the carried term (TBPTT over each rollout) misses the target."""
     x, W, first, c_init = _data(SEGMENTS * T)
-    core = _core(tmp_path, "segment", True)
+    core, opt = _core(tmp_path, "segment", True)
     ref, _ = _bptt(core, x, W, first, c_init)
     with torch.no_grad():
         core.learner_carry  # noqa: B018 (documentation: the carry below is replaced every rollout)
@@ -144,16 +146,16 @@ def test_truncating_the_carried_sensitivities_breaks_the_match(tmp_path):
         core.learner_after_backward(context)
         for e, (gF, _) in context.grads.items():
             carry_grads[f"F{e}"] += gF
-        core.learner_step(0.0)
+        opt.step(0.0)
     assert max((carry_grads[f"F{e}"] - ref[f"F{e}"]).abs().max().item() for e in range(E)) > 1e-3
 
 
 @pytest.mark.parametrize("form", ["segment", "step"])
 def test_lazy_and_eager_give_the_same_gradients_and_sensitivities(tmp_path, form):
     x, W, first, c_init = _data(SEGMENTS * T)
-    lazy, eager = _core(tmp_path, form, True), _core(tmp_path, form, False, hbm=E, dram=E)
-    g_lazy, _ = _rtrl(lazy, x, W, first, c_init)
-    g_eager, _ = _rtrl(eager, x, W, first, c_init)
+    (lazy, lazy_opt), (eager, eager_opt) = _core(tmp_path, form, True), _core(tmp_path, form, False, hbm=E, dram=E)
+    g_lazy, _ = _rtrl(lazy, lazy_opt, x, W, first, c_init)
+    g_eager, _ = _rtrl(eager, eager_opt, x, W, first, c_init)
     for name in g_lazy:
         assert torch.allclose(g_lazy[name], g_eager[name], rtol=0, atol=1e-12), name
     s_lazy, s_eager = _sensitivities(lazy), _sensitivities(eager)
@@ -168,7 +170,7 @@ def test_learning_out_of_core_equals_learning_with_every_expert_in_hbm(tmp_path)
     through dram and NVMe) and one with all 5 in hbm end with identical parameters."""
     x, W, first, c_init = _data(SEGMENTS * T)
     cores = [_core(tmp_path, "segment", True, hbm=h, dram=d) for h, d in ((2, 3), (E, E))]
-    for core in cores:
+    for core, opt in cores:
         carry = core.learner_carry(B, "cpu")
         carry.c = c_init.clone()
         for k in range(SEGMENTS):
@@ -176,12 +178,12 @@ def test_learning_out_of_core_equals_learning_with_every_expert_in_hbm(tmp_path)
             outputs, context = core.learner_unroll(x[sl], first[sl], (), carry, 0)
             (W[k * T:k * T + T] * outputs[:T]).sum().backward()
             carry = core.learner_after_backward(context)
-            core.learner_step(0.05)
-        core.flush_pending(carry, 0.05, clip=40.0)
-    small, big = cores
+            opt.step(0.05)
+        opt.flush(carry, 0.05, clip=40.0)
+    (small, _), (big, _) = cores
     assert small.store.stats()["bytes_dram_to_nvme"] > 0  # written back through every tier
     assert torch.equal(small.expert_F, big.expert_F) and torch.equal(small.expert_Z, big.expert_Z)
-    assert not torch.equal(small.expert_F, _core(tmp_path / "fresh", "segment", True).expert_F)  # it learned
+    assert not torch.equal(small.expert_F, _core(tmp_path / "fresh", "segment", True)[0].expert_F)  # it learned
     for e in range(E):
         with small.store.use([e]) as (a,), big.store.use([e]) as (b,):
             assert all(torch.equal(a[k], b[k]) for k in a), e
