@@ -12,6 +12,7 @@ from agent.model import ActorCritic, Inputs
 from train.actor import Rollout
 from agent.config import ModelConfig
 from envs.config import EnvConfig
+from storage.config import StoreConfig
 from train.config import RunConfig
 from common.errors import UserError
 from train.learner import Learner
@@ -39,7 +40,7 @@ def _rollout(g: torch.Generator, frames0: torch.Tensor | None = None, action0: t
 
 
 def _learner(form: str) -> Learner:
-    cfg = RunConfig(env=EnvConfig(num_envs=B),
+    cfg = RunConfig(env=EnvConfig(num_envs=B), store=StoreConfig(prefetch="lru"),
                     model=ModelConfig(core="elstm", learning="rtrl", hidden_size=H, rtrl_form=form))
     cfg.validate()
     torch.manual_seed(0)
