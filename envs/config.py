@@ -15,7 +15,7 @@ class EnvConfig:
     num_threads: int = 0
     """Env worker threads (0 = one per core)."""
     sticky_action_prob: float = 0.25
-    """Probability of repeating the previous action (Machado et al. 2018)."""
+    """Training's probability of repeating the previous action (Machado et al. 2018: 0.25); evaluations use --eval-sticky-action-prob."""
     max_episode_steps: int = 27000
     """Agent-step cap per episode (108,000 frames at frame skip 4)."""
     reward_clip: float = 1.0

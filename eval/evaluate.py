@@ -31,7 +31,7 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
     [episodes, 4, 84, 84] (a MoE run's expert traffic, ``train/detection.py``)."""
     K = eval_cfg.episodes
     env = make_env(game, K, seed=eval_cfg.seed + game_id(game), backend=env_cfg.backend,
-                   sticky_action_prob=env_cfg.sticky_action_prob, max_episode_steps=env_cfg.max_episode_steps,
+                   sticky_action_prob=eval_cfg.sticky_action_prob, max_episode_steps=env_cfg.max_episode_steps,
                    num_threads=env_cfg.num_threads)
     generator = torch.Generator(device=device).manual_seed(eval_cfg.seed)
     returns = np.full(K, np.nan)

@@ -179,7 +179,7 @@ class RunConfig:
         if self.model.learning == "rtrl" and self.model.unroll:
             raise UserError("--unroll applies to --learning tbptt only; RTRL's gradient is never truncated")
         if not 0.0 <= self.env.sticky_action_prob < 1.0:
-            raise UserError(f"sticky action probability must be in [0, 1), got {self.env.sticky_action_prob}")
+            raise UserError(f"--sticky-action-prob must be in [0, 1), got {self.env.sticky_action_prob}")
         if self.store.prefetch not in ("none", "lru", "detector", "oracle"):
             raise UserError(f"--prefetch {self.store.prefetch!r} is not supported; choose one of none, lru, detector, oracle")
         if self.store.prefetch in ("detector", "oracle") and self.model.core != "moe":
@@ -304,7 +304,7 @@ SECTIONS = ("env", "model", "learner", "schedule", "eval", "store")
 FLAG_NAMES = {
     "env.backend": "--env-backend", "env.num_threads": "--env-threads", "learner.learning_rate": "--lr",
     "eval.episodes": "--episodes", "eval.every": "--eval-every", "eval.greedy": "--eval-greedy",
-    "eval.seed": "--eval-seed", "store.io_threads": "--io-threads",
+    "eval.seed": "--eval-seed", "eval.sticky_action_prob": "--eval-sticky-action-prob", "store.io_threads": "--io-threads",
 }
 """Flags whose name is not the field's own (``--<field-name>``): short or unambiguous names."""
 
