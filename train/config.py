@@ -342,6 +342,7 @@ def set_field(cfg: RunConfig, key: str, value: Any) -> None:
 
 
 def get_field(cfg: RunConfig, key: str) -> Any:
+    """The field ``key`` (``section.name`` or ``name``) of ``cfg``."""
     *section, name = key.split(".")
     return getattr(getattr(cfg, section[0]) if section else cfg, name)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from agent.cores.moe_elstm import Collectives, MoECarry, MoEELSTMCore
+from agent.cores.moe_elstm import MoECarry, MoEELSTMCore
 from train.config import LearnerConfig
 
 
@@ -27,12 +27,12 @@ def square_init(lc: LearnerConfig) -> float:
 class ExpertOptimizer:
     """RMSprop for the experts of ``core``'s store, with smoothing constant ``alpha`` and ``eps``."""
 
-    def __init__(self, core: MoEELSTMCore, alpha: float, eps: float, evict_after_use: bool = False,
-                 collectives: Collectives = Collectives()) -> None:
-        """``evict_after_use`` (``--prefetch none``): no expert stays in hbm between updates;
-        ``collectives``: the ranks that agree on the pending experts and sum their gradients (:meth:`flush`)."""
+    def __init__(self, core: MoEELSTMCore, alpha: float, eps: float, evict_after_use: bool = False) -> None:
+        """``evict_after_use`` (``--prefetch none``): no expert stays in hbm between updates. The
+        ranks that agree on the pending experts and sum their gradients (:meth:`flush`) are the
+        core's own ``collectives``, so the two cannot disagree."""
         self.core, self.alpha, self.eps = core, alpha, eps
-        self.evict_after_use, self.collectives = evict_after_use, collectives
+        self.evict_after_use, self.collectives = evict_after_use, core.collectives
 
     def step(self, lr: float) -> None:
         """RMSprop on the latest pass's experts (``core.expert_grads``, clipped by the learner) in

@@ -32,8 +32,8 @@ from train.vtrace import vtrace
 class Learner:
     def __init__(self, model: ActorCritic, cfg: RunConfig, device: torch.device, world: World | None = None):
         """``world``: the ranks whose gradients are summed (``train/distributed.py``; None = this
-        process alone), each with ``cfg.env.num_envs / world.size`` of the streams. A MoE core must
-        have been built with the same world's ``collectives``."""
+        process alone), each with ``cfg.env.num_envs / world.size`` of the streams. A MoE core agrees
+        on its experts through the ``collectives`` it was built with (``World.collectives``)."""
         self.model, self.cfg, self.device = model, cfg, device
         self.world = world or World()
         lc = cfg.learner
@@ -41,8 +41,8 @@ class Learner:
         core = model.core
         # The experts live in the store (train/experts.py attaches it before the first update).
         self.expert_optimizer = ExpertOptimizer(
-            core, lc.rmsprop_alpha, lc.rmsprop_eps, evict_after_use=cfg.store.prefetch == "none",
-            collectives=self.world.collectives(core.num_experts)) if isinstance(core, MoEELSTMCore) else None
+            core, lc.rmsprop_alpha, lc.rmsprop_eps, evict_after_use=cfg.store.prefetch == "none"
+        ) if isinstance(core, MoEELSTMCore) else None
         # Linear decay over the whole run (all stages), measured in updates; the last update still
         # learns. An optional linear warm-up over the first lr_warmup updates.
         total_updates, warmup = cfg.total_updates(), lc.lr_warmup
