@@ -30,7 +30,9 @@ class LearnerConfig:
     discount: float = 0.99
     """Discount gamma per agent step."""
     learning_rate: float = 6e-4
-    """Learning rate at the start of the run (after any warm-up); decays linearly to 0 over all stages."""
+    """Learning rate at the start of the run (after any warm-up); see --lr-schedule."""
+    lr_schedule: str = "linear"
+    """`linear`: the rate decays linearly to 0 over all stages (IMPALA, torchbeast); `constant`: it stays at --lr (every stage of a sequence then learns at the same rate)."""
     optimizer: str = "rmsprop"
     """`rmsprop` (torch's: the square average starts at 0, so the first updates move weights by up to 1/sqrt(1 - alpha) = 10x the rate), `rmsprop-tf` (TensorFlow's, which the IMPALA paper's code used: the square average starts at 1) or `adam` (dense weights only; not with --core moe, whose experts keep RMSprop state in the store)."""
     lr_warmup: int = 0
@@ -169,6 +171,7 @@ class RunConfig:
             "--action-set": (self.env.action_set, ("full", "minimal")),
             "--init": (self.model.init, ("torch", "orthogonal")),
             "--optimizer": (self.learner.optimizer, ("rmsprop", "rmsprop-tf", "adam")),
+            "--lr-schedule": (self.learner.lr_schedule, ("linear", "constant")),
         }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:

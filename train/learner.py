@@ -43,12 +43,14 @@ class Learner:
         self.expert_optimizer = ExpertOptimizer(
             core, lc.rmsprop_alpha, lc.rmsprop_eps, evict_after_use=cfg.store.prefetch == "none"
         ) if isinstance(core, MoEELSTMCore) else None
-        # Linear decay over the whole run (all stages), measured in updates; the last update still
-        # learns. An optional linear warm-up over the first lr_warmup updates.
+        # --lr-schedule linear decays over the whole run (all stages), measured in updates; the last
+        # update still learns. An optional linear warm-up over the first lr_warmup updates.
         total_updates, warmup = cfg.total_updates(), lc.lr_warmup
+        decays = lc.lr_schedule == "linear"
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda update: min(1.0, (update + 1) / warmup if warmup else 1.0) * max(0.0, 1.0 - update / total_updates))
+            lambda update: min(1.0, (update + 1) / warmup if warmup else 1.0)
+            * (max(0.0, 1.0 - update / total_updates) if decays else 1.0))
         self.version = 0
         self.carry: Any = model.core.learner_carry(self.world.local_envs(cfg.env.num_envs), device)
 

@@ -82,3 +82,15 @@ def test_resumed_learner_follows_the_configured_learning_rate_schedule():
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5 * factor)
     resumed.update(_bandit_rollout(model, frames))
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5 * (1.0 - 4 / cfg.total_updates()))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_learning_rate_schedule_decays_only_when_linear(schedule):
+    cfg, model, _, frames = _setup()
+    cfg.learner.lr_schedule = schedule
+    learner = Learner(model, cfg, torch.device("cpu"))
+    for _ in range(3):
+        learner.update(_bandit_rollout(model, frames))
+    expected = cfg.learner.learning_rate * ((1.0 - 3 / cfg.total_updates()) if schedule == "linear" else 1.0)
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert (expected < cfg.learner.learning_rate) == (schedule == "linear")
