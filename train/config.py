@@ -252,6 +252,40 @@ def _preset_smoke() -> RunConfig:
     return cfg
 
 
+def _preset_cpu() -> RunConfig:
+    """Three Atari games in sequence in about an hour on 2 CPU cores, learning visible on each: the dense
+    LSTM with the training signal chosen by measurement (docs/results.md, "The cpu preset"): the
+    minimal action set, a lost life ends the value bootstrap, no sticky actions in training (every
+    evaluation keeps them), Adam at a constant rate, cleanrl's orthogonal initialisation, 8 streams."""
+    cfg = _dense(RunConfig())
+    cfg.env.games = list(CPU_GAMES)
+    cfg.env.num_envs = 8
+    cfg.env.action_set = "minimal"
+    cfg.env.life_loss = True
+    cfg.env.sticky_action_prob = 0.0
+    cfg.model.init = "orthogonal"
+    cfg.learner.optimizer = "adam"
+    cfg.learner.lr_schedule = "constant"
+    cfg.schedule.frames_per_game = 2_500_000
+    cfg.schedule.checkpoint_every = 500_000
+    cfg.eval.every = 500_000
+    cfg.eval.episodes = 8
+    return cfg
+
+
+CPU_GAMES = ("Breakout", "Krull", "SpaceInvaders")
+"""The cpu preset's games: each learns within its stage on 2 cores, and they look different (the
+detector has something to detect). Chosen by a screen of candidates (docs/results.md)."""
+
+
+def _preset_cpu_machado() -> RunConfig:
+    """The cpu preset under Machado et al. (2018)'s training protocol: sticky actions 0.25, the full
+    18-action set and no life-loss signal."""
+    cfg = _preset_cpu()
+    cfg.env.action_set, cfg.env.life_loss, cfg.env.sticky_action_prob = "full", False, 0.25
+    return cfg
+
+
 def _preset_impala() -> RunConfig:
     """The IMPALA paper's Atari network (deep ResNet) and a longer schedule: for GPUs."""
     cfg = _dense(RunConfig())
@@ -290,7 +324,8 @@ def _preset_memory_tbptt() -> RunConfig:
     return cfg
 
 
-PRESETS = {"default": _preset_default, "smoke": _preset_smoke, "impala": _preset_impala,
+PRESETS = {"default": _preset_default, "smoke": _preset_smoke, "cpu": _preset_cpu, "cpu-machado": _preset_cpu_machado,
+           "impala": _preset_impala,
            "memory-rtrl": _preset_memory_rtrl, "memory-tbptt": _preset_memory_tbptt}
 
 
