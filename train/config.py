@@ -273,7 +273,7 @@ def _preset_cpu() -> RunConfig:
     return cfg
 
 
-CPU_GAMES = ("Breakout", "Krull", "SpaceInvaders")
+CPU_GAMES = ("Breakout", "Krull", "DemonAttack")
 """The cpu preset's games: each learns within its stage on 2 cores, and they look different (the
 detector has something to detect). Chosen by a screen of candidates (docs/results.md)."""
 
