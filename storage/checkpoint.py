@@ -60,7 +60,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -130,6 +130,15 @@ def _unpack_header(raw: bytes) -> tuple[int, int, int, int] | str:
     if zlib.crc32(body) != hdr_crc:
         return "header checksum mismatch"
     return length, crc, flags, seq
+
+
+class ResumePoint(NamedTuple):
+    """The checkpoint a resumed run continues from (:meth:`CheckpointManager.load_resume`)."""
+
+    path: Path
+    state: dict
+    warning: str | None
+    """Set when ``latest`` was missing and the checkpoint was found by scanning the directory."""
 
 
 class CheckpointManager:
@@ -230,7 +239,12 @@ class CheckpointManager:
                 f"{self.latest_file} is corrupt (content {text[:80]!r}); {self._fix_hint()}"
             )
         path = self.dir / name
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as e:  # a name the file system cannot hold (ENAMETOOLONG)
+            raise UserError(f"{self.latest_file} is corrupt (it names {name[:40]!r}..., {len(name)} characters: "
+                            f"{e.strerror}); {self._fix_hint()}") from None
+        if not exists:
             raise UserError(
                 f"{self.latest_file} points at {path}, which does not exist; {self._fix_hint()}"
             )
@@ -240,6 +254,38 @@ class CheckpointManager:
         """Load the checkpoint ``latest`` names; None if there is none yet."""
         path = self.latest_path()
         return None if path is None else self.load(path, map_location=map_location)
+
+    def has_checkpoints(self) -> bool:
+        """Whether anything was ever saved here: a ``latest`` pointer or a ``*.pt`` file (valid or not)."""
+        return self.dir.is_dir() and any(p.name == LATEST or (p.suffix == SUFFIX and not p.name.startswith("."))
+                                         for p in self.dir.iterdir())
+
+    def load_resume(self, map_location: Any = "cpu") -> ResumePoint | None:
+        """The checkpoint to resume from: the one ``latest`` names, or, when ``latest`` is missing (deleted,
+        or a crash between a first checkpoint's rename and ``latest``'s), the newest (by save counter)
+        checkpoint that verifies, with a warning naming the newer ones that do not. None when nothing
+        was ever saved here (a new run).
+
+        Raises :class:`UserError` when ``latest`` is damaged or names a bad file, or when it is missing
+        and no checkpoint here verifies: the run is never silently started over.
+        """
+        path = self.latest_path()
+        if path is not None:
+            return ResumePoint(path, self.load(path, map_location=map_location), None)
+        if not self.has_checkpoints():
+            return None
+        rejected = []
+        for path, _ in sorted(self._headers(), key=lambda ph: ph[1][3], reverse=True):
+            try:
+                state = self.load(path, map_location=map_location)
+            except UserError:
+                rejected.append(path.name)
+                continue
+            skipped = f" (skipped the newer {', '.join(rejected)}: corrupt)" if rejected else ""
+            return ResumePoint(path, state, f"{self.latest_file} is missing; resuming from the newest valid "
+                                            f"checkpoint {path.name}{skipped}")
+        raise UserError(f"{self.latest_file} is missing and {self.dir} holds no valid checkpoint; restore the "
+                        "checkpoints from a backup, or start a new run in another --run-dir")
 
     def load(self, path: Path, map_location: Any = "cpu") -> dict:
         """Verify (length, CRC) and load one checkpoint file.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,32 @@ def test_games_piped_into_a_reader_that_stops_early_prints_no_traceback():
     proc = subprocess.run(f"{sys.executable} run.py games | head -1", shell=True, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.stdout.startswith("game") and proc.stderr == ""
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> contents)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_without_latest_continues_from_the_newest_checkpoint_and_keeps_the_stages(tmp_path, smoke_run):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "checkpoints" / "latest").unlink()
+    stages = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("stage_*.pt")}
+    newest = max((run / "checkpoints").glob("frames_*.pt"))
+    proc = run_cli("train", "--preset", "smoke", "--run-dir", str(run), "--resume", "--no-progress", check=True)
+    assert f"resuming from {newest}" in proc.stdout
+    assert "latest" in proc.stderr and "warning" in proc.stderr
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").glob("stage_*.pt")} == stages
+
+
+def test_resume_without_latest_or_any_valid_checkpoint_is_refused_and_touches_nothing(tmp_path, smoke_run):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "checkpoints" / "latest").unlink()
+    for p in (run / "checkpoints").glob("*.pt"):
+        p.write_bytes(p.read_bytes()[:50])
+    before = _tree_bytes(run)
+    line = _one_line_error(run_cli("train", "--preset", "smoke", "--run-dir", str(run), "--resume"))
+    assert "no valid checkpoint" in line
+    assert _tree_bytes(run) == before

@@ -105,7 +105,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     ckpts = CheckpointManager(rd.root)
     progress = Progress()
     # RNG states must stay on the CPU; load_state_dict moves model and optimizer tensors to the device.
-    state = world.on_rank0(lambda: ckpts.load_latest(map_location="cpu") if resume else None)
+    point = world.on_rank0(lambda: ckpts.load_resume(map_location="cpu") if resume else None)
+    state = None if point is None else point.state
     if resume and world.size > 1:
         state = world.broadcast(state)
     if state is not None:
@@ -114,7 +115,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
                          f"world size, not {world.size}")
         progress = restore(state, model, learner)
         if world.main:
-            print(f"resuming from {ckpts.latest_path()} at frame {progress.total_frames:,} "
+            if point.warning is not None:
+                print(f"warning: {point.warning}", file=sys.stderr, flush=True)
+            print(f"resuming from {point.path} at frame {progress.total_frames:,} "
                   f"(stage {progress.stage + 1}/{len(cfg.env.games)})", flush=True)
             if progress.evaluations:  # drop what a killed attempt evaluated after its checkpoint
                 _write_eval_files(cfg, progress, rd)
