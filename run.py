@@ -116,12 +116,12 @@ def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfi
     flags are each rank's own (``train/distributed.py`` compares the resulting configs)."""
     from train.distributed import World
     from storage.run_dir import RunDir
-    from train.run_dir import read_config
+    from train.run_dir import holds_run, read_config
 
     world = world or World()
     run_dir = world.broadcast(args.run_dir or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     rd = RunDir(run_dir)
-    saved = world.on_rank0(lambda: read_config(rd).to_dict() if args.resume and rd.exists() else None)
+    saved = world.on_rank0(lambda: read_config(rd).to_dict() if args.resume and holds_run(rd) else None)
     saved = world.broadcast(saved)
     cfg = RunConfig.from_dict(saved) if saved is not None else preset(args.preset)
     chosen = set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from common.errors import UserError
 from storage.atomic import atomic_write_text
+from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
 from train.config import RunConfig
 
@@ -19,14 +20,21 @@ def read_config(rd: RunDir) -> RunConfig:
     return RunConfig.from_dict(rd.read_config_json())
 
 
+def holds_run(rd: RunDir) -> bool:
+    """Whether ``rd`` holds a run: a saved config and at least one checkpoint (valid or not). A start
+    that failed before its first checkpoint (``stage_000``, saved first) leaves only its config, and
+    the next start, with or without ``--resume``, replaces it."""
+    return rd.exists() and CheckpointManager(rd.root).has_checkpoints()
+
+
 def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = False) -> None:
     """Prepare the directory for training with ``cfg``.
 
-    A directory that already holds a run is refused unless ``resume``; a resumed run must have
-    the same config, unless ``allow_config_change`` (the new config is then saved). ``resume``
-    on a directory without a run starts a new one, so scripts can always pass it.
+    A directory that already holds a run (:func:`holds_run`) is refused unless ``resume``; a resumed
+    run must have the same config, unless ``allow_config_change`` (the new config is then saved).
+    ``resume`` on a directory without a run starts a new one, so scripts can always pass it.
     """
-    if rd.exists():
+    if holds_run(rd):
         if not resume:
             raise UserError(f"{rd.root} already holds a run; pass --resume to continue it or choose another --run-dir")
         saved = read_config(rd)

@@ -1,0 +1,47 @@
+"""Starting and resuming in a run dir: a dir whose start failed before its first checkpoint is no trap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.errors import UserError
+from run import build_parser, resolve_train_config
+from storage.checkpoint import CheckpointManager
+from storage.run_dir import RunDir
+from train import run_dir as run_dirs
+from train.config import preset
+
+
+def _failed_start(root: Path, **changes) -> RunDir:
+    """A run dir as a start that failed before its first checkpoint leaves it: config.json alone."""
+    cfg = preset("smoke")
+    for key, value in changes.items():
+        setattr(cfg.env, key, value)
+    rd = RunDir(root)
+    run_dirs.start(rd, cfg, resume=False)
+    return rd
+
+
+def test_a_dir_without_a_checkpoint_does_not_block_a_corrected_start(tmp_path):
+    rd = _failed_start(tmp_path / "run", num_envs=3)
+    assert not run_dirs.holds_run(rd)
+    cfg = preset("smoke")
+    run_dirs.start(rd, cfg, resume=False)  # the corrected command: no "already holds a run"
+    assert run_dirs.read_config(rd) == cfg
+
+
+def test_resume_of_a_dir_without_a_checkpoint_uses_the_flags_not_the_failed_config(tmp_path):
+    rd = _failed_start(tmp_path / "run", num_envs=3)
+    args = build_parser().parse_args(["train", "--preset", "smoke", "--run-dir", str(rd.root), "--resume"])
+    cfg, _, _ = resolve_train_config(args)
+    assert cfg == preset("smoke")
+
+
+def test_a_dir_with_a_checkpoint_holds_a_run(tmp_path):
+    rd = _failed_start(tmp_path / "run")
+    CheckpointManager(rd.root).save({"step": 0}, "stage_000", keep=True)
+    assert run_dirs.holds_run(rd)
+    with pytest.raises(UserError, match="already holds a run"):
+        run_dirs.start(rd, preset("smoke"), resume=False)
