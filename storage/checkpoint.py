@@ -102,10 +102,16 @@ class _CrcWriter:
         self._f = f
         self.crc = 0
         self.length = 0
+        self.error: OSError | None = None
+        """The file's own error (a full disk), which ``torch.save`` reports as a RuntimeError of its own."""
 
     def write(self, data: bytes) -> int:
         self.crc = zlib.crc32(data, self.crc)
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
         self.length += memoryview(data).nbytes
         return n
 
@@ -183,7 +189,12 @@ class CheckpointManager:
         def write(f: BinaryIO) -> None:
             f.write(b"\0" * HEADER_SIZE)  # placeholder until length and CRC are known
             w = _CrcWriter(f)
-            torch.save(state, w)
+            try:
+                torch.save(state, w)
+            except RuntimeError:
+                if w.error is None:
+                    raise
+                raise w.error from None  # atomic_write turns a full disk into a UserError
             f.seek(0)
             f.write(_pack_header(w.length, w.crc, flags, seq))
             f.seek(0, os.SEEK_END)

@@ -133,3 +133,25 @@ def test_resume_without_latest_or_any_valid_checkpoint_is_refused_and_touches_no
     line = _one_line_error(run_cli("train", "--preset", "smoke", "--run-dir", str(run), "--resume"))
     assert "no valid checkpoint" in line
     assert _tree_bytes(run) == before
+
+
+def _readonly_copy(tmpfs, run: Path) -> Path:
+    """``run`` copied onto a tmpfs that is then remounted read-only."""
+    mount = tmpfs("64m")
+    shutil.copytree(run, mount / "run")
+    tmpfs.readonly(mount)
+    return mount / "run"
+
+
+@pytest.mark.parametrize("command", [["eval", "--run-dir"], ["train", "--preset", "smoke", "--resume", "--run-dir"]])
+def test_a_read_only_run_dir_is_refused_before_any_work(tmpfs, smoke_run, command):
+    run = _readonly_copy(tmpfs, smoke_run)
+    proc = run_cli(*command, str(run))
+    line = _one_line_error(proc)
+    assert "Read-only file system" in line and str(run) in line
+    assert "evaluating" not in proc.stdout and "before training" not in proc.stdout
+
+
+def test_an_unwritable_compare_csv_is_refused(smoke_run):
+    line = _one_line_error(run_cli("eval", "--compare", str(smoke_run), "--csv", "/proc/x.csv"))
+    assert "/proc/x.csv" in line

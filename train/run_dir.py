@@ -6,7 +6,7 @@ The layout itself is ``storage/run_dir.py``.
 from __future__ import annotations
 
 from common.errors import UserError
-from storage.atomic import atomic_write_text
+from storage.atomic import atomic_write_text, check_writable
 from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
 from train.config import RunConfig
@@ -34,6 +34,7 @@ def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = 
     run must have the same config, unless ``allow_config_change`` (the new config is then saved).
     ``resume`` on a directory without a run starts a new one, so scripts can always pass it.
     """
+    check_writable(rd.root)  # a read-only or full disk fails here, not at the first checkpoint
     if holds_run(rd):
         if not resume:
             raise UserError(f"{rd.root} already holds a run; pass --resume to continue it or choose another --run-dir")
@@ -48,10 +49,6 @@ def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = 
         if not allow_config_change:
             raise UserError(f"config differs from the saved run ({'; '.join(changes)}); "
                             "drop those flags, or pass --allow-config-change to accept it")
-    try:
-        rd.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run dir {rd.root}: {e.strerror}") from None
     atomic_write_text(rd.config, cfg.to_json())
 
 

@@ -45,3 +45,15 @@ def test_a_dir_with_a_checkpoint_holds_a_run(tmp_path):
     assert run_dirs.holds_run(rd)
     with pytest.raises(UserError, match="already holds a run"):
         run_dirs.start(rd, preset("smoke"), resume=False)
+
+
+def test_a_config_that_is_not_utf8_is_a_user_error(tmp_path):
+    rd = _failed_start(tmp_path / "run")
+    rd.config.write_bytes(b'{"env": "\xff\xfe"}')
+    with pytest.raises(UserError, match="config.json"):
+        run_dirs.read_config(rd)
+
+
+def test_a_path_component_longer_than_a_file_system_takes_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="300 bytes"):
+        RunDir(tmp_path / ("r" * 300) / "run")
