@@ -155,3 +155,18 @@ def test_a_read_only_run_dir_is_refused_before_any_work(tmpfs, smoke_run, comman
 def test_an_unwritable_compare_csv_is_refused(smoke_run):
     line = _one_line_error(run_cli("eval", "--compare", str(smoke_run), "--csv", "/proc/x.csv"))
     assert "/proc/x.csv" in line
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["train", "--preset", "smoke", "--num-envs", "1000000000000"], "--num-envs"),
+    (["train", "--preset", "smoke", "--hidden-size", "1000000000"], "--hidden-size"),
+    (["train", "--preset", "smoke", "--rollout-length", "10000000000"], "--rollout-length"),
+    (["train", "--core", "moe", "--num-experts", "100000000"], "--num-experts"),
+    (["diag", "copy", "--delay", "1000000000000"], "--delay"),
+    (["diag", "copy", "--hidden-size", "1000000000"], "--hidden-size"),
+])
+def test_sizes_beyond_this_machines_memory_are_refused_from_an_estimate(tmp_path, args, flag):
+    run_dir = tmp_path / "r"
+    line = _one_line_error(run_cli(*args, *(["--run-dir", str(run_dir)] if args[0] == "train" else []), timeout=60))
+    assert flag in line and "estimate" in line and "GiB" in line
+    assert not run_dir.exists()
