@@ -7,6 +7,7 @@ line on stderr with exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -152,8 +153,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from train.distributed import World
     from train.loop import train
 
-    if args.dist_timeout <= 0:
-        raise UserError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UserError(f"--dist-timeout must be a finite positive number of seconds, got {args.dist_timeout}")
     world = World.from_environment(args.cfg_device or "auto", args.dist_timeout)
     try:
         cfg, run_dir, dropped = resolve_train_config(args, world)

@@ -170,3 +170,11 @@ def test_sizes_beyond_this_machines_memory_are_refused_from_an_estimate(tmp_path
     line = _one_line_error(run_cli(*args, *(["--run-dir", str(run_dir)] if args[0] == "train" else []), timeout=60))
     assert flag in line and "estimate" in line and "GiB" in line
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3"])
+def test_a_dist_timeout_that_is_not_a_finite_positive_number_is_refused(tmp_path, value):
+    line = _one_line_error(run_cli("train", "--preset", "smoke", "--dist-timeout", value,
+                                   "--run-dir", str(tmp_path / "r")))
+    assert "--dist-timeout" in line
+    assert not (tmp_path / "r").exists()
