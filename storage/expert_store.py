@@ -196,8 +196,9 @@ class ExpertStore:
         loaded = replace(manifest, snapshots=dict(manifest.snapshots), snapshot_order=list(manifest.snapshot_order))
         if snapshot is not None:
             if snapshot not in manifest.snapshots:
+                lost = f"; {manifest.damage}" if manifest.damage else ""
                 raise UserError(f"expert store {directory} has no snapshot {snapshot!r} "
-                                f"(it has: {', '.join(manifest.snapshot_order) or 'none'})")
+                                f"(it has: {', '.join(manifest.snapshot_order) or 'none'}){lost}")
             manifest.experts = [replace(r) for r in manifest.snapshots[snapshot]]
             keep = manifest.snapshot_order.index(snapshot) + 1
             for later in manifest.snapshot_order[keep:]:

@@ -19,7 +19,8 @@ Two copies (as LMDB's two meta pages)
     bad byte (or a torn or lost file) does not make the store unopenable: :meth:`Manifest.load`
     reads the newest copy that passes its checksum and says what a fallback lost (:attr:`Manifest.damage`).
     The previous commit's slots are not protected from later write-backs, so a fallback is verified
-    like any open; an expert written back since then fails its crc32 and is named.
+    like any open; an expert written back since then fails its crc32 and is named. (In training every
+    commit is a checkpoint's snapshot and the two newest snapshots are retained, so there they are.)
 
 File format (``manifest.json``)
     ``{"format": 1, "seq": commits so far, "num_experts", "slots_per_expert",

@@ -605,3 +605,17 @@ def test_a_store_that_cannot_be_created_says_so_and_leaves_no_slab(tmpfs) -> Non
         ExpertStore.create(mount / "experts", spec, 2, 1, 1)
     assert "committed state is kept" not in str(raised.value) and "not created" in str(raised.value)
     assert list((mount / "experts").iterdir()) == []
+
+
+def test_a_snapshot_lost_with_a_damaged_manifest_is_refused_naming_the_damage(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=2, hbm=1, dram=1)
+    store.checkpoint("first")
+    store.checkpoint("second")
+    store.close()
+    directory = tmp_path / "experts"
+    (directory / "manifest.json").write_bytes(b"{" + (directory / "manifest.json").read_bytes()[2:])
+    ExpertStore.open(directory, 1, 1, snapshot="first").close()  # the previous commit holds it
+    (directory / "manifest.json").write_bytes(b"{")
+    with pytest.raises(UserError, match="no snapshot 'second'.*damaged") as raised:
+        ExpertStore.open(directory, 1, 1, snapshot="second")
+    assert "\n" not in str(raised.value)
