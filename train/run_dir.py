@@ -21,10 +21,16 @@ def read_config(rd: RunDir) -> RunConfig:
 
 
 def holds_run(rd: RunDir) -> bool:
-    """Whether ``rd`` holds a run: a saved config and at least one checkpoint (valid or not). A start
-    that failed before its first checkpoint (``stage_000``, saved first) leaves only its config, and
-    the next start, with or without ``--resume``, replaces it."""
-    return rd.exists() and CheckpointManager(rd.root).has_checkpoints()
+    """Whether ``rd`` holds a run: at least one checkpoint (valid or not). A start that failed before its
+    first checkpoint (``stage_000``, saved first) leaves only its config, and the next start, with or
+    without ``--resume``, replaces it. UserError when there are checkpoints but no config: nothing can
+    resume them, and a new start would overwrite them."""
+    if not CheckpointManager(rd.root).has_checkpoints():
+        return False
+    if not rd.exists():
+        raise UserError(f"{rd.checkpoints} holds checkpoints but {rd.config.name} is missing; restore it from "
+                        "a backup, or choose another --run-dir")
+    return True
 
 
 def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = False) -> None:
@@ -34,7 +40,7 @@ def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = 
     run must have the same config, unless ``allow_config_change`` (the new config is then saved).
     ``resume`` on a directory without a run starts a new one, so scripts can always pass it.
     """
-    check_writable(rd.root)  # a read-only or full disk fails here, not at the first checkpoint
+    check_writable(rd.root)  # a read-only or unwritable run dir fails here, not at the first checkpoint
     if holds_run(rd):
         if not resume:
             raise UserError(f"{rd.root} already holds a run; pass --resume to continue it or choose another --run-dir")

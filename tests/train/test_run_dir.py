@@ -57,3 +57,13 @@ def test_a_config_that_is_not_utf8_is_a_user_error(tmp_path):
 def test_a_path_component_longer_than_a_file_system_takes_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="300 bytes"):
         RunDir(tmp_path / ("r" * 300) / "run")
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_checkpoints_without_a_config_are_refused_not_overwritten(tmp_path, resume):
+    rd = RunDir(tmp_path / "run")
+    stage = CheckpointManager(rd.root).save({"step": 0}, "stage_000", keep=True)
+    before = stage.read_bytes()
+    with pytest.raises(UserError, match="config.json is missing"):
+        run_dirs.start(rd, preset("smoke"), resume=resume)
+    assert stage.read_bytes() == before and not rd.config.exists()
