@@ -13,7 +13,10 @@ Durability
     also atomically, only after the checkpoint file has been committed, so it never points at a
     half-written file. A full disk raises :class:`UserError` from the atomic helper before
     ``latest`` is touched. The pointer file is the source of truth: a committed checkpoint that
-    ``latest`` does not name yet (crash between the two renames) is simply ignored on resume.
+    ``latest`` does not name yet (crash between the two renames) is simply ignored on resume. With
+    no ``latest`` at all (deleted, or a crash before the first one was written),
+    :meth:`CheckpointManager.load_resume` takes the newest checkpoint that verifies, and refuses
+    when none does.
 
 File format (one file per checkpoint, ``<name>.pt``)
     A fixed 36-byte header followed by the payload, which is exactly what ``torch.save`` wrote::
