@@ -7,6 +7,7 @@ line on stderr with exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -116,12 +117,12 @@ def resolve_train_config(args: argparse.Namespace, world=None) -> tuple[RunConfi
     flags are each rank's own (``train/distributed.py`` compares the resulting configs)."""
     from train.distributed import World
     from storage.run_dir import RunDir
-    from train.run_dir import read_config
+    from train.run_dir import holds_run, read_config
 
     world = world or World()
     run_dir = world.broadcast(args.run_dir or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     rd = RunDir(run_dir)
-    saved = world.on_rank0(lambda: read_config(rd).to_dict() if args.resume and rd.exists() else None)
+    saved = world.on_rank0(lambda: read_config(rd).to_dict() if args.resume and holds_run(rd) else None)
     saved = world.broadcast(saved)
     cfg = RunConfig.from_dict(saved) if saved is not None else preset(args.preset)
     chosen = set()
@@ -152,8 +153,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from train.distributed import World
     from train.loop import train
 
-    if args.dist_timeout <= 0:
-        raise UserError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UserError(f"--dist-timeout must be a finite positive number of seconds, got {args.dist_timeout}")
     world = World.from_environment(args.cfg_device or "auto", args.dist_timeout)
     try:
         cfg, run_dir, dropped = resolve_train_config(args, world)

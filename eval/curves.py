@@ -216,6 +216,8 @@ def read_curves(eval_dir: Path, games: list[str]) -> list[dict[str, Any]]:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise UserError(f"no {path}; it is written while the run trains") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is malformed ({e}); it is rewritten when the run resumes") from None
     if not rows or rows[0] != _csv_header(games):
         raise UserError(f"{path} is not an evaluation-curves file for games {', '.join(games)}")
     try:

@@ -180,7 +180,7 @@ def read_forgetting(eval_dir: Path) -> dict[str, Any]:
         raise UserError(
             f"no {path}; evaluate the run first with `python run.py eval --run-dir DIR`"
         ) from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not UTF-8, or not JSON
         raise UserError(f"{path} is not valid JSON ({e}); re-run `python run.py eval`") from None
     missing = [key for key in _SCHEMA_KEYS if not isinstance(doc, dict) or key not in doc]
     if missing:

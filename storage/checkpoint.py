@@ -13,7 +13,10 @@ Durability
     also atomically, only after the checkpoint file has been committed, so it never points at a
     half-written file. A full disk raises :class:`UserError` from the atomic helper before
     ``latest`` is touched. The pointer file is the source of truth: a committed checkpoint that
-    ``latest`` does not name yet (crash between the two renames) is simply ignored on resume.
+    ``latest`` does not name yet (crash between the two renames) is simply ignored on resume. With
+    no ``latest`` at all (deleted, or a crash before the first one was written),
+    :meth:`CheckpointManager.load_resume` takes the newest checkpoint that verifies, and refuses
+    when none does.
 
 File format (one file per checkpoint, ``<name>.pt``)
     A fixed 36-byte header followed by the payload, which is exactly what ``torch.save`` wrote::
@@ -60,7 +63,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -102,10 +105,16 @@ class _CrcWriter:
         self._f = f
         self.crc = 0
         self.length = 0
+        self.error: OSError | None = None
+        """The file's own error (a full disk), which ``torch.save`` reports as a RuntimeError of its own."""
 
     def write(self, data: bytes) -> int:
         self.crc = zlib.crc32(data, self.crc)
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
         self.length += memoryview(data).nbytes
         return n
 
@@ -130,6 +139,15 @@ def _unpack_header(raw: bytes) -> tuple[int, int, int, int] | str:
     if zlib.crc32(body) != hdr_crc:
         return "header checksum mismatch"
     return length, crc, flags, seq
+
+
+class ResumePoint(NamedTuple):
+    """The checkpoint a resumed run continues from (:meth:`CheckpointManager.load_resume`)."""
+
+    path: Path
+    state: dict
+    warning: str | None
+    """Set when ``latest`` was missing and the checkpoint was found by scanning the directory."""
 
 
 class CheckpointManager:
@@ -174,7 +192,12 @@ class CheckpointManager:
         def write(f: BinaryIO) -> None:
             f.write(b"\0" * HEADER_SIZE)  # placeholder until length and CRC are known
             w = _CrcWriter(f)
-            torch.save(state, w)
+            try:
+                torch.save(state, w)
+            except RuntimeError:
+                if w.error is None:
+                    raise
+                raise w.error from None  # atomic_write turns a full disk into a UserError
             f.seek(0)
             f.write(_pack_header(w.length, w.crc, flags, seq))
             f.seek(0, os.SEEK_END)
@@ -230,7 +253,12 @@ class CheckpointManager:
                 f"{self.latest_file} is corrupt (content {text[:80]!r}); {self._fix_hint()}"
             )
         path = self.dir / name
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as e:  # a name the file system cannot hold (ENAMETOOLONG)
+            raise UserError(f"{self.latest_file} is corrupt (it names {name[:40]!r}..., {len(name)} characters: "
+                            f"{e.strerror}); {self._fix_hint()}") from None
+        if not exists:
             raise UserError(
                 f"{self.latest_file} points at {path}, which does not exist; {self._fix_hint()}"
             )
@@ -240,6 +268,38 @@ class CheckpointManager:
         """Load the checkpoint ``latest`` names; None if there is none yet."""
         path = self.latest_path()
         return None if path is None else self.load(path, map_location=map_location)
+
+    def has_checkpoints(self) -> bool:
+        """Whether anything was ever saved here: a ``latest`` pointer or a ``*.pt`` file (valid or not)."""
+        return self.dir.is_dir() and any(p.name == LATEST or (p.suffix == SUFFIX and not p.name.startswith("."))
+                                         for p in self.dir.iterdir())
+
+    def load_resume(self, map_location: Any = "cpu") -> ResumePoint | None:
+        """The checkpoint to resume from: the one ``latest`` names, or, when ``latest`` is missing (deleted,
+        or a crash between a first checkpoint's rename and ``latest``'s), the newest (by save counter)
+        checkpoint that verifies, with a warning naming the newer ones that do not. None when nothing
+        was ever saved here (a new run).
+
+        Raises :class:`UserError` when ``latest`` is damaged or names a bad file, or when it is missing
+        and no checkpoint here verifies: the run is never silently started over.
+        """
+        path = self.latest_path()
+        if path is not None:
+            return ResumePoint(path, self.load(path, map_location=map_location), None)
+        if not self.has_checkpoints():
+            return None
+        rejected = []
+        for path, _ in sorted(self._headers(), key=lambda ph: ph[1][3], reverse=True):
+            try:
+                state = self.load(path, map_location=map_location)
+            except UserError:
+                rejected.append(path.name)
+                continue
+            skipped = f" (skipped the newer {', '.join(rejected)}: corrupt)" if rejected else ""
+            return ResumePoint(path, state, f"{self.latest_file} is missing; resuming from the newest valid "
+                                            f"checkpoint {path.name}{skipped}")
+        raise UserError(f"{self.latest_file} is missing and {self.dir} holds no valid checkpoint; restore the "
+                        "checkpoints from a backup, or start a new run in another --run-dir")
 
     def load(self, path: Path, map_location: Any = "cpu") -> dict:
         """Verify (length, CRC) and load one checkpoint file.

@@ -125,6 +125,8 @@ class ExpertStore:
         self.device = torch.device(device)
         self.keep_snapshots = manifest.slots_per_expert - 2
         self._manifest = manifest
+        self.recovered = manifest.damage
+        """Set when the newest manifest copy was damaged and the store opened the previous commit: what was lost."""
         self._slabs = {k: SlabFile(self.directory / f"{k}{SUFFIX}", s, self.num_experts * manifest.slots_per_expert,
                                    create=False) for k, s in self.spec.items()}
         self._mover = Mover(self.device)
@@ -156,10 +158,12 @@ class ExpertStore:
             raise UserError(f"{directory} already holds an expert store; open it instead")
         directory.mkdir(parents=True, exist_ok=True)
         slots = 2 + keep_snapshots
-        slabs = {k: SlabFile(directory / f"{k}{SUFFIX}", s, num_experts * slots, create=True) for k, s in spec.items()}
         zeros = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in spec.items()}
+        slabs: dict[str, SlabFile] = {}
         refs = []
         try:
+            for k, s in spec.items():
+                slabs[k] = SlabFile(directory / f"{k}{SUFFIX}", s, num_experts * slots, create=True)
             for e in range(num_experts):
                 record = init(e) if init is not None else zeros
                 for k, slab in slabs.items():
@@ -167,11 +171,15 @@ class ExpertStore:
                 refs.append(SlotRef(0, 0, {k: tensor_crc(record[k].contiguous()) for k in spec}))
             for slab in slabs.values():
                 slab.sync()
+            manifest = Manifest(spec, num_experts, slots, refs)
+            manifest.save(directory, previous=None)
+        except BaseException:  # no store: leave no slab behind (a half-made store is never opened)
+            for k in spec:
+                (directory / f"{k}{SUFFIX}").unlink(missing_ok=True)
+            raise
         finally:
             for slab in slabs.values():
                 slab.close()
-        manifest = Manifest(spec, num_experts, slots, refs)
-        manifest.save(directory)
         return cls(directory, manifest, hbm, dram, device, **kwargs)
 
     @classmethod
@@ -182,11 +190,15 @@ class ExpertStore:
         state saved by :meth:`checkpoint` under that tag, committed (later snapshots dropped) only
         once it has verified."""
         directory = Path(directory)
+        for stale in directory.glob(".manifest*.tmp"):  # one writer: a temp file is a killed commit's
+            stale.unlink(missing_ok=True)
         manifest = Manifest.load(directory)
+        loaded = replace(manifest, snapshots=dict(manifest.snapshots), snapshot_order=list(manifest.snapshot_order))
         if snapshot is not None:
             if snapshot not in manifest.snapshots:
+                lost = f"; {manifest.damage}" if manifest.damage else ""
                 raise UserError(f"expert store {directory} has no snapshot {snapshot!r} "
-                                f"(it has: {', '.join(manifest.snapshot_order) or 'none'})")
+                                f"(it has: {', '.join(manifest.snapshot_order) or 'none'}){lost}")
             manifest.experts = [replace(r) for r in manifest.snapshots[snapshot]]
             keep = manifest.snapshot_order.index(snapshot) + 1
             for later in manifest.snapshot_order[keep:]:
@@ -199,7 +211,7 @@ class ExpertStore:
             if bad:
                 raise CorruptExpertError(directory, sorted(bad), bad[min(bad)])
             if snapshot is not None:
-                manifest.save(directory)
+                manifest.save(directory, previous=loaded)
         except BaseException:
             store.close()
             raise
@@ -598,7 +610,7 @@ class ExpertStore:
                 del snapshots[old]
             order = order[-self.keep_snapshots:] if self.keep_snapshots else []
         new = Manifest(m.spec, m.num_experts, m.slots_per_expert, committed, m.seq + 1, snapshots, order)
-        new.save(self.directory)
+        new.save(self.directory, previous=m)
         self._manifest = new
 
     @property

@@ -9,9 +9,18 @@ Versioned slots (a generalisation of A/B slots)
     With ``K`` retained snapshots, ``2 + K`` slots per expert always leave one free.
 
 Commit protocol (``ExpertStore.flush``)
-    write the new versions into free slots -> fsync every slab file -> write this manifest with
+    write the new versions into free slots -> fsync every slab file -> write the commit being
+    replaced to ``manifest.prev.json``, then the new one to ``manifest.json``, each with
     :func:`storage.atomic.atomic_write_text` (temp file, fsync, rename, fsync dir). Until the rename,
     the old manifest and the old slots are intact; after it, the new ones are on the disk.
+
+Two copies (as LMDB's two meta pages)
+    ``manifest.json`` holds the newest commit and ``manifest.prev.json`` the one before it, so one
+    bad byte (or a torn or lost file) does not make the store unopenable: :meth:`Manifest.load`
+    reads the newest copy that passes its checksum and says what a fallback lost (:attr:`Manifest.damage`).
+    The previous commit's slots are not protected from later write-backs, so a fallback is verified
+    like any open; an expert written back since then fails its crc32 and is named. (In training every
+    commit is a checkpoint's snapshot and the two newest snapshots are retained, so there they are.)
 
 File format (``manifest.json``)
     ``{"format": 1, "seq": commits so far, "num_experts", "slots_per_expert",
@@ -32,6 +41,8 @@ from storage.slab import RecordSpec, TensorSpec
 from common.errors import UserError
 
 MANIFEST = "manifest.json"
+PREVIOUS = "manifest.prev.json"
+"""The copy of the commit before the newest one (see "Two copies" above)."""
 FORMAT = 1
 
 
@@ -69,6 +80,8 @@ class Manifest:
     """Retained snapshots: tag -> the committed state of every expert when it was taken."""
     snapshot_order: list[str] = field(default_factory=list)
     """Snapshot tags, oldest first."""
+    damage: str | None = field(default=None, compare=False)
+    """Set by :meth:`load` when the newest copy was damaged and this is the previous commit: what was lost."""
 
     def global_slot(self, expert: int, slot: int) -> int:
         """Index of an expert's ``slot`` in the slab files."""
@@ -104,7 +117,7 @@ class Manifest:
         try:
             body = json.loads(text)
             checksum = body.pop("checksum")
-        except (ValueError, KeyError, AttributeError) as e:
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
             raise UserError(f"expert store manifest {where} is unreadable ({e}); restore the run from a backup") from e
         if checksum != _checksum(body):
             raise UserError(f"expert store manifest {where} fails its checksum; restore the run from a backup")
@@ -120,18 +133,45 @@ class Manifest:
             snapshot_order=list(body["snapshot_order"]),
         )
 
-    def save(self, directory: Path) -> None:
-        """Commit: atomically replace ``directory/manifest.json``."""
-        atomic_write_text(Path(directory) / MANIFEST, self.to_json())
+    def save(self, directory: Path, previous: "Manifest | None") -> None:
+        """Commit: keep ``previous`` (the commit this one replaces; None for a new store, which drops any
+        old copy) as ``manifest.prev.json``, then atomically replace ``manifest.json``."""
+        directory = Path(directory)
+        if previous is None:
+            (directory / PREVIOUS).unlink(missing_ok=True)
+        else:
+            atomic_write_text(directory / PREVIOUS, previous.to_json())
+        atomic_write_text(directory / MANIFEST, self.to_json())
 
     @staticmethod
     def load(directory: Path) -> "Manifest":
-        path = Path(directory) / MANIFEST
+        """The newest commit: ``manifest.json``, or when that is damaged or missing, ``manifest.prev.json``
+        with :attr:`damage` saying what was lost. UserError when neither copy is readable."""
+        directory = Path(directory)
         try:
-            text = path.read_text()
-        except FileNotFoundError as e:
-            raise UserError(f"no expert store in {directory} ({MANIFEST} is missing)") from e
-        return Manifest.from_json(text, path)
+            return _read(directory / MANIFEST)
+        except UserError as newest:
+            if not (directory / PREVIOUS).exists():
+                raise
+            try:
+                manifest = _read(directory / PREVIOUS)
+            except UserError:
+                raise UserError(f"{newest}; its previous copy {directory / PREVIOUS} is damaged too") from None
+            manifest.damage = (f"{directory / MANIFEST} is damaged or missing; opened the previous commit "
+                               f"({manifest.seq}) from {PREVIOUS}: commit {manifest.seq + 1} (its write-backs "
+                               "and snapshot) is lost")
+            return manifest
+
+
+def _read(path: Path) -> Manifest:
+    """One manifest copy; UserError if it is missing, unreadable or damaged."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"no expert store in {path.parent} ({path.name} is missing)") from None
+    except (OSError, UnicodeDecodeError) as e:  # a flipped byte can make it invalid UTF-8
+        raise UserError(f"expert store manifest {path} is unreadable ({e}); restore the run from a backup") from None
+    return Manifest.from_json(text, path)
 
 
 def _checksum(body: dict) -> int:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,21 @@ from typing import Any
 from common.errors import UserError
 
 
+NAME_MAX = 255
+"""The longest file name (path component) in bytes that Linux file systems take."""
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
+
+    def __post_init__(self) -> None:
+        """A path component longer than any file system takes is refused here, before anything looks at it
+        (``Path.exists`` would raise ENAMETOOLONG)."""
+        for part in Path(self.root).parts:
+            if len(os.fsencode(part)) > NAME_MAX:
+                raise UserError(f"run dir {str(self.root)[:60]}...: the name {part[:20]}... has "
+                                f"{len(os.fsencode(part))} bytes, more than the {NAME_MAX} a file system takes")
 
     @property
     def config(self) -> Path:
@@ -47,8 +60,8 @@ class RunDir:
     def read_config_json(self) -> dict[str, Any]:
         """The saved config as the JSON document; UserError if it is missing or unreadable."""
         try:
-            return json.loads(self.config.read_text())
+            return json.loads(self.config.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"{self.root} is not a run directory (no config.json)") from None
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8, or not JSON
             raise UserError(f"cannot read {self.config}: {e}") from None

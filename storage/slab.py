@@ -89,7 +89,8 @@ class SlabFile:
                 os.posix_fallocate(self.fd, 0, size)
             except OSError as e:
                 os.close(self.fd)
-                raise _io_error(e, f"cannot allocate {size / 2**20:.1f} MiB for {self.path}") from e
+                raise _io_error(e, f"cannot allocate {size / 2**20:.1f} MiB for {self.path}",
+                                "the store was not created") from e
         else:
             try:
                 self.fd = os.open(self.path, os.O_RDWR)
@@ -152,8 +153,9 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
     return memoryview(bytes_array(t))
 
 
-def _io_error(e: OSError, what: str) -> Exception:
-    """A full disk or a permission problem is the user's to fix; anything else stays a bug."""
+def _io_error(e: OSError, what: str, outcome: str = "the last committed state is kept") -> Exception:
+    """A full disk or a permission problem is the user's to fix (``outcome`` says what is left); anything
+    else stays a bug."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EFBIG):
-        return UserError(f"{what}: {e.strerror}; the last committed state is kept")
+        return UserError(f"{what}: {e.strerror}; {outcome}")
     return e

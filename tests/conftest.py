@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -51,3 +51,41 @@ def smoke_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     run_cli("train", "--preset", "smoke", "--run-dir", str(run_dir), "--no-progress", check=True)
     return run_dir
+
+
+class Tmpfs:
+    """Small tmpfs mounts for tests of full and read-only disks (see the ``tmpfs`` fixture)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mounts: list[Path] = []
+
+    def __call__(self, size: str) -> Path:
+        """A fresh tmpfs of ``size`` (``mount``'s syntax: ``2m``); skips the test where mounting is not permitted."""
+        where = self.base / f"tmpfs{len(self.mounts)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        self.mounts.append(where)
+        return where
+
+    def readonly(self, where: Path) -> None:
+        """Remount ``where`` (one of these mounts) read-only."""
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+    def unmount_all(self) -> None:
+        for where in reversed(self.mounts):
+            subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Tmpfs]:
+    """``tmpfs("2m")`` mounts a tmpfs of that size under ``tmp_path`` (unmounted after the test);
+    ``tmpfs.readonly(path)`` makes it read-only. Needs root: skips the test otherwise."""
+    mounts = Tmpfs(tmp_path)
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()

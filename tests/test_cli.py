@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,77 @@ def test_games_piped_into_a_reader_that_stops_early_prints_no_traceback():
     proc = subprocess.run(f"{sys.executable} run.py games | head -1", shell=True, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.stdout.startswith("game") and proc.stderr == ""
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> contents)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_without_latest_continues_from_the_newest_checkpoint_and_keeps_the_stages(tmp_path, smoke_run):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "checkpoints" / "latest").unlink()
+    stages = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("stage_*.pt")}
+    newest = max((run / "checkpoints").glob("frames_*.pt"))
+    proc = run_cli("train", "--preset", "smoke", "--run-dir", str(run), "--resume", "--no-progress", check=True)
+    assert f"resuming from {newest}" in proc.stdout
+    assert "latest" in proc.stderr and "warning" in proc.stderr
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").glob("stage_*.pt")} == stages
+
+
+def test_resume_without_latest_or_any_valid_checkpoint_is_refused_and_touches_nothing(tmp_path, smoke_run):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "checkpoints" / "latest").unlink()
+    for p in (run / "checkpoints").glob("*.pt"):
+        p.write_bytes(p.read_bytes()[:50])
+    before = _tree_bytes(run)
+    line = _one_line_error(run_cli("train", "--preset", "smoke", "--run-dir", str(run), "--resume"))
+    assert "no valid checkpoint" in line
+    assert _tree_bytes(run) == before
+
+
+def _readonly_copy(tmpfs, run: Path) -> Path:
+    """``run`` copied onto a tmpfs that is then remounted read-only."""
+    mount = tmpfs("64m")
+    shutil.copytree(run, mount / "run")
+    tmpfs.readonly(mount)
+    return mount / "run"
+
+
+@pytest.mark.parametrize("command", [["eval", "--run-dir"], ["train", "--preset", "smoke", "--resume", "--run-dir"]])
+def test_a_read_only_run_dir_is_refused_before_any_work(tmpfs, smoke_run, command):
+    run = _readonly_copy(tmpfs, smoke_run)
+    proc = run_cli(*command, str(run))
+    line = _one_line_error(proc)
+    assert "Read-only file system" in line and str(run) in line
+    assert "evaluating" not in proc.stdout and "before training" not in proc.stdout
+
+
+def test_an_unwritable_compare_csv_is_refused(smoke_run):
+    line = _one_line_error(run_cli("eval", "--compare", str(smoke_run), "--csv", "/proc/x.csv"))
+    assert "/proc/x.csv" in line
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["train", "--preset", "smoke", "--num-envs", "1000000000000"], "--num-envs"),
+    (["train", "--preset", "smoke", "--hidden-size", "1000000000"], "--hidden-size"),
+    (["train", "--preset", "smoke", "--rollout-length", "10000000000"], "--rollout-length"),
+    (["train", "--core", "moe", "--num-experts", "100000000"], "--num-experts"),
+    (["diag", "copy", "--delay", "1000000000000"], "--delay"),
+    (["diag", "copy", "--hidden-size", "1000000000"], "--hidden-size"),
+])
+def test_sizes_beyond_this_machines_memory_are_refused_from_an_estimate(tmp_path, args, flag):
+    run_dir = tmp_path / "r"
+    line = _one_line_error(run_cli(*args, *(["--run-dir", str(run_dir)] if args[0] == "train" else []), timeout=60))
+    assert flag in line and "estimate" in line and "GiB" in line
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3"])
+def test_a_dist_timeout_that_is_not_a_finite_positive_number_is_refused(tmp_path, value):
+    line = _one_line_error(run_cli("train", "--preset", "smoke", "--dist-timeout", value,
+                                   "--run-dir", str(tmp_path / "r")))
+    assert "--dist-timeout" in line
+    assert not (tmp_path / "r").exists()

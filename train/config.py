@@ -17,7 +17,8 @@ from typing import Any
 from agent.config import ModelConfig
 from common.errors import UserError
 from common.fields import field_help
-from envs.atari import FRAME_SKIP
+from common.memory import check_fits
+from envs.atari import FRAME_SKIP, NUM_ACTIONS, OBS_SHAPE
 from envs.config import EnvConfig
 from eval.config import EvalConfig
 from storage.config import StoreConfig
@@ -189,6 +190,25 @@ class RunConfig:
             raise UserError(f"--prefetch {self.store.prefetch} prefetches MoE experts: it needs --core moe")
         if self.model.core == "moe":
             self._validate_moe()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Refuse sizes whose memory, estimated from below before anything is allocated, exceeds the
+        machine's (an impossible --num-envs, --rollout-length, --hidden-size or --num-experts)."""
+        m, B, T = self.model, self.env.num_envs, self.learner.rollout_length
+        D = m.hidden_size + 1 + NUM_ACTIONS  # the core's input: features, reward, previous action
+        experts = m.num_experts if m.core == "moe" else 1
+        float_bytes = 4
+        estimate = {
+            "rollout frames": B * (T + 1) * math.prod(OBS_SHAPE),  # uint8
+            "core weights": 2 * m.hidden_size * D * experts * float_bytes,  # at least two N x D per expert
+        }
+        if m.learning == "rtrl":  # two B x N x D sensitivities per expert in memory
+            resident = self.store.hbm_experts + self.store.dram_experts if m.core == "moe" else 1
+            estimate["RTRL sensitivities"] = 2 * B * m.hidden_size * D * resident * float_bytes
+        sizes = (f"--num-envs {B}, --rollout-length {T}, --hidden-size {m.hidden_size}"
+                 + (f", --num-experts {m.num_experts}" if m.core == "moe" else ""))
+        check_fits(estimate, sizes)
 
     def _validate_moe(self) -> None:
         m, st = self.model, self.store

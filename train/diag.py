@@ -49,6 +49,7 @@ from envs.sequence_tasks import SequenceBatch, SequenceTask, make_task
 from train import tags
 from train.logger import Logger
 from common.errors import UserError
+from common.memory import check_fits
 
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -112,7 +113,21 @@ class DiagConfig:
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.clip < 0 or self.log_every < 0:
             raise UserError("--clip and --log-every must be >= 0")
-        return make_task(self.task, symbols=self.symbols, length=self.length, delay=self.delay)
+        task = make_task(self.task, symbols=self.symbols, length=self.length, delay=self.delay)
+        self._check_memory(task)
+        return task
+
+    def _check_memory(self, task: SequenceTask) -> None:
+        """Refuse sizes whose memory, estimated from below before anything is allocated, exceeds the machine's."""
+        B, L, N = self.batch_size, task.seq_len, self.hidden_size
+        estimate = {
+            "a batch of sequences": B * L * (4 * task.input_size + 8 + 8 + 1),  # one-hot inputs, tokens, targets, mask
+            "eLSTM weights": 2 * N * N * 4,  # F and Z, N x N each
+        }
+        if self.learning == "rtrl":
+            estimate["RTRL sensitivities"] = 2 * B * N * N * 4
+        check_fits(estimate, f"--batch-size {B}, --hidden-size {N} and {task.name}'s sequence length {L:,} "
+                             f"(from --length and --delay)")
 
 
 class DiagModel(nn.Module):

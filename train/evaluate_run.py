@@ -21,6 +21,7 @@ from common.errors import UserError
 from envs.atari import NUM_ACTIONS
 from eval.curves import CSV_NAME, eval_columns, load_reference, read_curves, reference_forward_transfer, write_curves
 from eval.evaluate import evaluate_games, record_returns
+from storage.atomic import check_writable
 from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
 from train.run_dir import read_config
@@ -44,6 +45,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
     """
     rd = RunDir(Path(run_dir))
     cfg = read_config(rd)
+    check_writable(rd.eval)  # before the evaluation, not after it
     if episodes is not None:
         cfg.eval.episodes = episodes
     cfg.eval.greedy = cfg.eval.greedy or greedy

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
     else:
         store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
                                  io_threads=st.io_threads)
+        if store.recovered is not None:
+            print(f"warning: {store.recovered}", file=sys.stderr, flush=True)
     core.attach_store(store, pin_reserve(cfg))
     return store
 

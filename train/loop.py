@@ -13,10 +13,11 @@ Periodic checkpoints every ``checkpoint_every`` frames make a killed run resumab
 ``--resume`` restores model, optimizer, LR schedule, RNG states, counters and the evaluation
 history, rewrites the evaluation files from that history, and TensorBoard continues at the
 checkpoint's frame count. An evaluation a killed attempt took after its checkpoint is dropped
-(from the files by the rewrite, from TensorBoard by its purge step) and taken again at the same
-frame count, so the history is neither lost nor duplicated. The env streams restart their episodes
-on resume (emulator states are not saved), with a seed that depends on the frame count so a
-resumed stage does not replay the episodes it started with.
+(from the files by the rewrite, from TensorBoard by its purge step, ``train/logger.py``) and taken
+again at the same frame count, so the history is neither lost nor duplicated; that includes the
+evaluation at a checkpoint's own frame count that ``stage_000`` and ``stage_<i>`` precede. The env
+streams restart their episodes on resume (emulator states are not saved), with a seed that depends
+on the frame count so a resumed stage does not replay the episodes it started with.
 
 Under torchrun (``train/distributed.py``) every rank runs this same loop on its share of the env
 streams, in lockstep (the schedule is global: all ranks train the same game at the same frame
@@ -105,7 +106,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     ckpts = CheckpointManager(rd.root)
     progress = Progress()
     # RNG states must stay on the CPU; load_state_dict moves model and optimizer tensors to the device.
-    state = world.on_rank0(lambda: ckpts.load_latest(map_location="cpu") if resume else None)
+    point = world.on_rank0(lambda: ckpts.load_resume(map_location="cpu") if resume else None)
+    state = None if point is None else point.state
     if resume and world.size > 1:
         state = world.broadcast(state)
     if state is not None:
@@ -114,14 +116,22 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
                          f"world size, not {world.size}")
         progress = restore(state, model, learner)
         if world.main:
-            print(f"resuming from {ckpts.latest_path()} at frame {progress.total_frames:,} "
+            if point.warning is not None:
+                print(f"warning: {point.warning}", file=sys.stderr, flush=True)
+            print(f"resuming from {point.path} at frame {progress.total_frames:,} "
                   f"(stage {progress.stage + 1}/{len(cfg.env.games)})", flush=True)
             if progress.evaluations:  # drop what a killed attempt evaluated after its checkpoint
                 _write_eval_files(cfg, progress, rd)
     xr = start_experts(cfg, model, learner, rd, device, state)
     # Drop what a killed attempt logged after its checkpoint (steps > F); a restart without a
-    # checkpoint drops everything. Steps <= F were logged before the checkpoint was saved.
-    logger = Logger(rd.tb, purge_step=progress.total_frames + 1 if state is not None else 0, enabled=world.main)
+    # checkpoint drops everything. Steps <= F were logged (and flushed) before the checkpoint was
+    # saved, except when an evaluation at F follows the checkpoint (stage_000, a stage end): the
+    # killed attempt may have logged it, so step F is dropped too and its training scalars replayed.
+    due = state is not None and _evaluation_due(cfg, progress)
+    purge = 0 if state is None else progress.total_frames + (0 if due else 1)
+    logger = Logger(rd.tb, purge_step=purge, enabled=world.main)
+    if due:
+        logger.replay(state.get("tb_tail"), progress.total_frames)
     run = _Run(cfg, model, learner, xr, ckpts, rd, logger, device, world, show_progress and world.main,
                torch.Generator().manual_seed(cfg.seed))
     try:
@@ -139,8 +149,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
             _evaluate(run, progress, STAGE)
             progress.stage += 1
             progress.stage_frames = 0
+            _log_expert_usage(run, progress)  # before the checkpoint that ends the stage, so it is logged once
             _save(run, progress, f"frames_{progress.total_frames:012d}")
-            _log_expert_usage(run, progress)
     finally:
         logger.close()
         xr.close()
@@ -148,6 +158,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
         print(f"done: {progress.total_frames:,} frames. TensorBoard: tensorboard --logdir {rd.tb}  "
               f"forgetting table: {rd.eval / 'forgetting.csv'}", flush=True)
     return progress
+
+
+def _evaluation_due(cfg: RunConfig, progress: Progress) -> bool:
+    """Whether a checkpoint with ``progress`` comes before an evaluation at its own frame count: the
+    initial one (``stage_000``, no evaluation yet) or a stage end's ``stage_<i>`` (trained, not evaluated)."""
+    return not progress.evaluations or (progress.stage < len(cfg.env.games)
+                                        and progress.stage_frames >= cfg.schedule.frames_per_game)
 
 
 def _check_world(cfg: RunConfig, world: World, device: torch.device) -> None:
@@ -359,6 +376,8 @@ def _say(line: str) -> None:
 
 def _write_eval_files(cfg: RunConfig, progress: Progress, rd: RunDir) -> dict:
     """Rewrite ``eval/forgetting.*`` and ``eval/curves.*`` from the history; returns the forgetting document."""
+    for stale in rd.eval.glob(".*.tmp"):  # one writer: a temp file here is a killed attempt's
+        stale.unlink(missing_ok=True)
     columns = eval_columns(cfg.env.games)
     returns = matrix_returns(progress.evaluations, len(columns))
     doc = record_returns(rd.eval, columns, cfg.env.games[:returns.shape[0] - 1], returns)
@@ -376,8 +395,12 @@ def _save(run: _Run, progress: Progress, name: str, keep: bool = False) -> None:
         return
     if len(set(checksums)) > 1:
         raise RuntimeError(f"the ranks' replicas diverged (checksums {checksums}): a bug, please report it")
+    # What was logged up to this checkpoint is in the event files before the checkpoint exists (a
+    # resume keeps it, train/logger.py), and the scalars at its own frame count are in it (replayed
+    # when a resume drops that step).
+    run.logger.flush()
     run.ckpts.save({**checkpoint_state(run.cfg, run.model, run.learner, progress), "expert_snapshot": snapshot,
-                    "detector": run.xr.state_dict(), "world_size": run.world.size, "rank_checksums": checksums},
-                   name, keep=keep)
+                    "detector": run.xr.state_dict(), "world_size": run.world.size, "rank_checksums": checksums,
+                    "tb_tail": run.logger.tail()}, name, keep=keep)
 
 

@@ -6,7 +6,8 @@ The layout itself is ``storage/run_dir.py``.
 from __future__ import annotations
 
 from common.errors import UserError
-from storage.atomic import atomic_write_text
+from storage.atomic import atomic_write_text, check_writable
+from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
 from train.config import RunConfig
 
@@ -19,14 +20,28 @@ def read_config(rd: RunDir) -> RunConfig:
     return RunConfig.from_dict(rd.read_config_json())
 
 
+def holds_run(rd: RunDir) -> bool:
+    """Whether ``rd`` holds a run: at least one checkpoint (valid or not). A start that failed before its
+    first checkpoint (``stage_000``, saved first) leaves only its config, and the next start, with or
+    without ``--resume``, replaces it. UserError when there are checkpoints but no config: nothing can
+    resume them, and a new start would overwrite them."""
+    if not CheckpointManager(rd.root).has_checkpoints():
+        return False
+    if not rd.exists():
+        raise UserError(f"{rd.checkpoints} holds checkpoints but {rd.config.name} is missing; restore it from "
+                        "a backup, or choose another --run-dir")
+    return True
+
+
 def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = False) -> None:
     """Prepare the directory for training with ``cfg``.
 
-    A directory that already holds a run is refused unless ``resume``; a resumed run must have
-    the same config, unless ``allow_config_change`` (the new config is then saved). ``resume``
-    on a directory without a run starts a new one, so scripts can always pass it.
+    A directory that already holds a run (:func:`holds_run`) is refused unless ``resume``; a resumed
+    run must have the same config, unless ``allow_config_change`` (the new config is then saved).
+    ``resume`` on a directory without a run starts a new one, so scripts can always pass it.
     """
-    if rd.exists():
+    check_writable(rd.root)  # a read-only or unwritable run dir fails here, not at the first checkpoint
+    if holds_run(rd):
         if not resume:
             raise UserError(f"{rd.root} already holds a run; pass --resume to continue it or choose another --run-dir")
         saved = read_config(rd)
@@ -40,10 +55,6 @@ def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = 
         if not allow_config_change:
             raise UserError(f"config differs from the saved run ({'; '.join(changes)}); "
                             "drop those flags, or pass --allow-config-change to accept it")
-    try:
-        rd.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run dir {rd.root}: {e.strerror}") from None
     atomic_write_text(rd.config, cfg.to_json())
 
 

@@ -175,3 +175,9 @@ def test_load_reference_refuses_a_multi_game_or_unfinished_run(tmp_path):
     unfinished = _reference_run(tmp_path / "unfinished", ["Pong"], [point(0, 0, "before", [0.0], ["Pong"])])
     with pytest.raises(UserError, match="not finished"):
         load_reference(unfinished)
+
+
+def test_a_curves_file_that_is_not_utf8_is_a_user_error(tmp_path):
+    (tmp_path / "curves.csv").write_bytes(b"frames,stage\n\xf6\n")
+    with pytest.raises(UserError, match="curves.csv"):
+        read_curves(tmp_path, ["Pong"])

@@ -202,3 +202,9 @@ def test_reading_a_missing_or_corrupt_file_raises_user_error(tmp_path):
     (tmp_path / "forgetting.json").write_text('{"games": []}')
     with pytest.raises(UserError, match="lacks"):
         read_forgetting(tmp_path)
+
+
+def test_a_forgetting_file_that_is_not_utf8_is_a_user_error(tmp_path):
+    (tmp_path / "forgetting.json").write_bytes(b'{"games": ["P\xf6ng"]}')
+    with pytest.raises(UserError, match="forgetting.json"):
+        read_forgetting(tmp_path)

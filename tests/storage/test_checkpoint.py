@@ -261,3 +261,35 @@ def test_sigkill_during_saves_never_leaves_a_torn_latest(tmp_path: Path) -> None
     periodic = [p for p in mgr.dir.glob("step_*.pt")]
     assert len(periodic) == 2
     assert _check_committed(mgr) == last_step + 1
+
+
+def test_resume_without_latest_finds_the_newest_valid_checkpoint(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=5)
+    mgr.save(_state(0), "stage_000", keep=True)
+    mgr.save(_state(1), "frames_1")
+    newest = mgr.save(_state(2), "frames_2")
+    mgr.latest_file.unlink()
+    data = bytearray(newest.read_bytes())
+    data[-3] ^= 0xFF  # the newest one fails its CRC: the one before it is the resume point
+    newest.write_bytes(bytes(data))
+    point = mgr.load_resume()
+    assert point.path.name == "frames_1.pt" and point.state["step"] == 1
+    assert "latest" in point.warning and "frames_1.pt" in point.warning and "frames_2.pt" in point.warning
+
+
+def test_resume_without_latest_and_without_a_valid_checkpoint_is_refused(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    assert mgr.load_resume() is None  # nothing saved: a new run
+    path = mgr.save(_state(0), "stage_000", keep=True)
+    mgr.latest_file.unlink()
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match="no valid checkpoint"):
+        mgr.load_resume()
+
+
+def test_resume_follows_latest_without_a_warning(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    mgr.save(_state(0), "stage_000", keep=True)
+    mgr.save(_state(1), "frames_1")
+    point = mgr.load_resume()
+    assert point.path.name == "frames_1.pt" and point.warning is None

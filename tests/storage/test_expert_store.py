@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -528,3 +529,93 @@ def test_snapshot_count_comes_from_the_store_not_the_caller(tmp_path: Path) -> N
         store.checkpoint(f"s{i}")
     assert store.keep_snapshots == 0 and store.snapshots == []
     store.close()
+
+
+def _two_commits(tmp_path: Path) -> tuple[Path, dict, dict]:
+    """A closed store with two commits: the records of commit 1 and of commit 2 (expert 0 changed)."""
+    store, truth = _make(tmp_path, n=4, hbm=1, dram=2)
+    store.flush()
+    first = {e: {k: v.clone() for k, v in r.items()} for e, r in truth.items()}
+    with store.use([0], dirty=True) as (rec,):
+        for k in rec:
+            rec[k].add_(1)
+        second = {**first, 0: {k: v.clone() for k, v in rec.items()}}
+    store.flush()
+    store.close()
+    return tmp_path / "experts", first, second
+
+
+def _records(store: ExpertStore) -> dict:
+    out = {}
+    for e in range(store.num_experts):
+        with store.use([e]) as (rec,):
+            out[e] = {k: v.clone() for k, v in rec.items()}
+    return out
+
+
+def test_a_damaged_manifest_falls_back_to_the_previous_commit_and_says_what_was_lost(tmp_path: Path) -> None:
+    directory, first, second = _two_commits(tmp_path)
+    store = ExpertStore.open(directory, 1, 2)
+    assert store.recovered is None and all(_equal(a, second[e]) for e, a in _records(store).items())
+    store.close()
+    seq = Manifest.load(directory).seq
+    (directory / "manifest.json").write_bytes(b"\xff" + (directory / "manifest.json").read_bytes()[1:])
+    store = ExpertStore.open(directory, 1, 2)
+    assert "manifest.json" in store.recovered and f"commit {seq}" in store.recovered and "lost" in store.recovered
+    assert all(_equal(a, first[e]) for e, a in _records(store).items())
+    store.close()
+
+
+@pytest.mark.parametrize("previous", [True, False])
+def test_twenty_random_single_byte_flips_in_the_manifest_open_the_store_or_give_one_clear_error(
+        tmp_path: Path, previous: bool) -> None:
+    directory, _, _ = _two_commits(tmp_path / "original")
+    if not previous:  # a new store's only copy: every flip is refused in one line
+        (directory / "manifest.prev.json").unlink()
+    size = (directory / "manifest.json").stat().st_size
+    rng = random.Random(17)
+    outcomes = []
+    for i in range(20):
+        copy = tmp_path / f"copy{i}"
+        shutil.copytree(directory, copy)
+        data = bytearray((copy / "manifest.json").read_bytes())
+        data[rng.randrange(size)] ^= rng.randrange(1, 256)
+        (copy / "manifest.json").write_bytes(bytes(data))
+        try:
+            ExpertStore.open(copy, 1, 2).close()
+            outcomes.append("opened")
+        except UserError as e:  # anything else fails the test with its traceback
+            assert "\n" not in str(e)
+            outcomes.append("refused")
+    assert outcomes == ["opened" if previous else "refused"] * 20  # an intact previous copy is the fallback
+
+
+def test_stale_manifest_temp_files_are_swept_when_the_store_opens(tmp_path: Path) -> None:
+    directory, _, _ = _two_commits(tmp_path)
+    for name in (".manifest.json.k1ll3d.tmp", ".manifest.prev.json.x.tmp"):
+        (directory / name).write_text("{")
+    ExpertStore.open(directory, 1, 2).close()
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_store_that_cannot_be_created_says_so_and_leaves_no_slab(tmpfs) -> None:
+    mount = tmpfs("2m")
+    spec = {"w": TensorSpec((2**18,), torch.float32)}  # 1 MiB per slot, 4 slots per expert
+    with pytest.raises(UserError, match="No space left") as raised:
+        ExpertStore.create(mount / "experts", spec, 2, 1, 1)
+    assert "committed state is kept" not in str(raised.value) and "not created" in str(raised.value)
+    assert list((mount / "experts").iterdir()) == []
+
+
+def test_a_snapshot_lost_with_a_damaged_manifest_is_refused_naming_the_damage(tmp_path: Path) -> None:
+    store, _ = _make(tmp_path, n=2, hbm=1, dram=1)
+    store.checkpoint("first")
+    store.checkpoint("second")
+    store.close()
+    directory = tmp_path / "experts"
+    (directory / "manifest.json").write_bytes(b"{" + (directory / "manifest.json").read_bytes()[2:])
+    ExpertStore.open(directory, 1, 1, snapshot="first").close()  # the previous commit holds it
+    (directory / "manifest.json").write_bytes(b"{")
+    with pytest.raises(UserError, match="no snapshot 'second'.*damaged") as raised:
+        ExpertStore.open(directory, 1, 1, snapshot="second")
+    assert "\n" not in str(raised.value)

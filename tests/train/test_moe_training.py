@@ -143,3 +143,17 @@ def test_every_tag_a_moe_run_writes_is_in_the_reference(switch_run):
     written = ea.Tags()["scalars"] + ea.Tags()["images"]
     assert len(written) > 40
     assert [t for t in written if not tags.known(t)] == []
+
+
+def test_resume_without_latest_keeps_the_experts_and_the_stage_checkpoints(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    (run / "checkpoints" / "latest").unlink()
+    kept = {p: p.read_bytes() for p in [*(run / "checkpoints").glob("stage_*.pt"), *(run / "experts").glob("*.slab")]}
+    proc = run_cli("train", *MOE, *SMALL, "--run-dir", str(run), "--resume", check=True)
+    assert "resuming from" in proc.stdout and "latest" in proc.stderr
+    assert {p: p.read_bytes() for p in kept} == kept
+    state = CheckpointManager(run).load_resume().state
+    ExpertStore.open(run / "experts", 6, 6, snapshot=state["expert_snapshot"]).close()  # verifies every expert
