@@ -41,7 +41,7 @@ class LearnerConfig:
     lr_schedule: str = "linear"
     """`linear`: the rate decays linearly to 0 over all stages (IMPALA, torchbeast); `constant`: it stays at --lr (every stage of a sequence then learns at the same rate)."""
     optimizer: str = "rmsprop"
-    """`rmsprop` (torch's: the square average starts at 0, so the first updates move weights by up to 1/sqrt(1 - alpha) = 10x the rate), `rmsprop-tf` (TensorFlow's, which the IMPALA paper's code used: the square average starts at 1) or `adam` (torch's Adam, betas (0.9, 0.999), eps 1e-5; with --core moe every expert keeps its own moments and step count in the store). Dense weights and MoE experts use the same one."""
+    """`rmsprop` (torch's: the square average starts at 0, so the first updates move weights by up to 1/sqrt(1 - alpha) = 10x the rate), `rmsprop-tf` (TensorFlow's, which the IMPALA paper's code used: the square average starts at 1) or `adam` (torch's Adam: betas (0.9, 0.999), eps 1e-5). The MoE experts use the same optimizer as the dense weights, each keeping its state in the store (Adam: its own moments and step count). A resumed run cannot switch between Adam and RMSprop."""
     lr_warmup: int = 0
     """Learner updates over which the learning rate ramps linearly from 0 to --lr (0 = none)."""
     rmsprop_alpha: float = 0.99
