@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from agent.cores.moe_elstm import MoEELSTMCore
-from train.expert_optimizer import ExpertOptimizer
+from train.expert_optimizer import ExpertOptimizer, RMSprop
 from train.experts import create_store
 
 EXPERTS = (8, 64, 256)
@@ -62,9 +62,10 @@ def run(seconds: float) -> dict:
 
 def _row(directory: Path, E: int, lazy: bool, seconds: float) -> dict:
     core = MoEELSTMCore(D, N, E, TOP_K, "game", schedule=[0], num_games=1, lazy=lazy)
-    store = create_store(core, directory, B, hbm=E, dram=E, device="cpu")
+    rule = RMSprop(0.99, 0.01)
+    store = create_store(core, directory, B, hbm=E, dram=E, device="cpu", rule=rule)
     core.attach_store(store)
-    optimizer = ExpertOptimizer(core, 0.99, 0.01)
+    optimizer = ExpertOptimizer(core, rule)
     carry = core.learner_carry(B, "cpu")
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(T + 1, B, D, generator=gen)

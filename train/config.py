@@ -24,6 +24,12 @@ from eval.config import EvalConfig
 from storage.config import StoreConfig
 
 
+ADAM_BETAS = (0.9, 0.999)
+"""``--optimizer adam``'s moment decay rates (torch's defaults), for the dense weights and the MoE experts."""
+ADAM_EPS = 1e-5
+"""``--optimizer adam``'s epsilon, added outside the square root (cleanrl's)."""
+
+
 @dataclass
 class LearnerConfig:
     rollout_length: int = 20
@@ -35,7 +41,7 @@ class LearnerConfig:
     lr_schedule: str = "linear"
     """`linear`: the rate decays linearly to 0 over all stages (IMPALA, torchbeast); `constant`: it stays at --lr (every stage of a sequence then learns at the same rate)."""
     optimizer: str = "rmsprop"
-    """`rmsprop` (torch's: the square average starts at 0, so the first updates move weights by up to 1/sqrt(1 - alpha) = 10x the rate), `rmsprop-tf` (TensorFlow's, which the IMPALA paper's code used: the square average starts at 1) or `adam` (dense weights only; not with --core moe, whose experts keep RMSprop state in the store)."""
+    """`rmsprop` (torch's: the square average starts at 0, so the first updates move weights by up to 1/sqrt(1 - alpha) = 10x the rate), `rmsprop-tf` (TensorFlow's, which the IMPALA paper's code used: the square average starts at 1) or `adam` (torch's Adam: betas (0.9, 0.999), eps 1e-5). The MoE experts use the same optimizer as the dense weights, each keeping its state in the store (Adam: its own moments and step count). A resumed run cannot switch between Adam and RMSprop."""
     lr_warmup: int = 0
     """Learner updates over which the learning rate ramps linearly from 0 to --lr (0 = none)."""
     rmsprop_alpha: float = 0.99
@@ -212,9 +218,6 @@ class RunConfig:
 
     def _validate_moe(self) -> None:
         m, st = self.model, self.store
-        if self.learner.optimizer == "adam":
-            raise UserError("--optimizer adam is for the dense cores: the MoE experts keep RMSprop state in the "
-                            "store; use --optimizer rmsprop or rmsprop-tf")
         if m.learning != "rtrl":
             raise UserError("--core moe trains its experts by exact RTRL: use --learning rtrl (TBPTT is for lstm/elstm)")
         if not 0 < m.top_k <= m.num_experts:
@@ -434,8 +437,6 @@ def reconcile(cfg: RunConfig, chosen: set[str]) -> list[str]:
         if st.prefetch in ("detector", "oracle"):
             follow("store.prefetch", "lru", "cohort prefetch needs --core moe")
         return dropped
-    if cfg.learner.optimizer == "adam":
-        follow("learner.optimizer", "rmsprop", "the experts keep RMSprop state")
     if m.routing == "game":
         games = len(dict.fromkeys(cfg.env.games))
         if m.top_k * games > m.num_experts:

@@ -8,8 +8,9 @@ Life cycle
     snapshot describe the same moment. ``--resume`` opens the store at the snapshot of the checkpoint
     it resumes from, discarding any write-back a killed run made after it. The store keeps the two
     newest snapshots, so a kill between the snapshot and the checkpoint file still finds the
-    previous one. An expert's record (:func:`expert_spec`) holds its parameters, their RMSprop
-    square averages (``train/expert_optimizer.py``) and the core's sensitivities. The learner's
+    previous one. An expert's record (:func:`expert_spec`) holds its parameters, their optimizer
+    state (``train/expert_optimizer.py``: RMSprop's square averages, or Adam's moments and the
+    expert's step count) and the core's sensitivities. The learner's
     per-stream carry (cell, sensitivities, lazy vectors) is not saved: a resumed run restarts every
     episode, which zeroes it anyway.
 
@@ -46,7 +47,7 @@ from train.config import RunConfig
 from train import tags
 from train.detection import DetectorDriver, EvalDetection, UsageCohorts
 from train.distributed import World
-from train.expert_optimizer import square_init
+from train.expert_optimizer import ExpertRule, expert_rule
 from train.expert_metrics import nmi_game_expert, utilization_entropy
 from train.learner import Learner
 
@@ -115,7 +116,7 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
             shutil.rmtree(directory)
         streams = learner.world.local_envs(cfg.env.num_envs)
         store = create_store(core, directory, streams, st.hbm_experts, st.dram_experts, device,
-                             square_init=square_init(cfg.learner), io_threads=st.io_threads)
+                             expert_rule(cfg.learner), io_threads=st.io_threads)
     else:
         store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
                                  io_threads=st.io_threads)
@@ -131,27 +132,31 @@ def pin_reserve(cfg: RunConfig) -> int:
     return cfg.store.hbm_experts - cfg.model.top_k if cfg.store.prefetch in ("detector", "oracle") else 0
 
 
-def expert_spec(hidden_size: int, input_size: int, batch_size: int, dtype: torch.dtype = torch.float32) -> RecordSpec:
-    """The store record of one expert: parameters ``F``, ``Z`` and their RMSprop square averages
-    ``sq_F``, ``sq_Z`` [N, D], the core's sensitivities ``S_F``, ``S_Z`` [B, N, D] of B streams."""
+def expert_spec(hidden_size: int, input_size: int, batch_size: int, rule: ExpertRule,
+                dtype: torch.dtype = torch.float32) -> RecordSpec:
+    """The store record of one expert: parameters ``F``, ``Z`` [N, D], the optimizer state of
+    ``rule`` (RMSprop: ``sq_F``, ``sq_Z`` [N, D]; Adam: also ``m_F``, ``m_Z`` [N, D] and ``step`` [])
+    and the core's sensitivities ``S_F``, ``S_Z`` [B, N, D] of B streams."""
     N, D, B = hidden_size, input_size, batch_size
-    spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z", "sq_F", "sq_Z")}
+    spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z")}
+    spec.update({k: TensorSpec(tuple(t.shape), t.dtype) for k, t in rule.state((N, D), dtype).items()})
     spec.update({k: TensorSpec((B, N, D), dtype) for k in SENSITIVITIES.values()})
     return spec
 
 
 def create_store(core: MoEELSTMCore, directory: Path, batch_size: int, hbm: int, dram: int,
-                 device: torch.device | str, square_init: float = 0.0, **kwargs) -> ExpertStore:
-    """A new store in ``directory`` holding every expert of ``core``: the replica's parameters, RMSprop
-    square averages of ``square_init`` (0 as torch's RMSprop, 1 as TensorFlow's) and zero
-    sensitivities for ``batch_size`` streams; ``kwargs`` go to ``ExpertStore.create``."""
+                 device: torch.device | str, rule: ExpertRule, **kwargs) -> ExpertStore:
+    """A new store in ``directory`` holding every expert of ``core``: the replica's parameters,
+    ``rule``'s initial optimizer state (RMSprop: square averages of 0 as torch's or 1 as
+    TensorFlow's; Adam: zero moments and step counts) and zero sensitivities for ``batch_size``
+    streams; ``kwargs`` go to ``ExpertStore.create``."""
     N, D, dtype = core.output_size, core.input_size, core.expert_F.dtype
-    square_nd = torch.full((N, D), square_init, dtype=dtype)
+    state = rule.state((N, D), dtype)
     zeros_bnd = torch.zeros(batch_size, N, D, dtype=dtype)
-    init = lambda e: {"F": core.expert_F[e].cpu(), "Z": core.expert_Z[e].cpu(), "sq_F": square_nd,  # noqa: E731
-                      "sq_Z": square_nd, **{key: zeros_bnd for key in SENSITIVITIES.values()}}
-    return ExpertStore.create(directory, expert_spec(N, D, batch_size, dtype), core.num_experts, hbm, dram, device,
-                              init=init, **kwargs)
+    init = lambda e: {"F": core.expert_F[e].cpu(), "Z": core.expert_Z[e].cpu(), **state,  # noqa: E731
+                      **{key: zeros_bnd for key in SENSITIVITIES.values()}}
+    return ExpertStore.create(directory, expert_spec(N, D, batch_size, rule, dtype), core.num_experts, hbm, dram,
+                              device, init=init, **kwargs)
 
 
 def expert_dir(rd: RunDir, world: World) -> Path:

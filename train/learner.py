@@ -23,9 +23,9 @@ from agent.cores.moe_elstm import MoEELSTMCore
 from agent.model import ActorCritic, Inputs
 from train import tags
 from train.actor import Rollout
-from train.config import LearnerConfig, RunConfig
+from train.config import ADAM_BETAS, ADAM_EPS, LearnerConfig, RunConfig
 from train.distributed import World
-from train.expert_optimizer import ExpertOptimizer
+from train.expert_optimizer import ExpertOptimizer, expert_rule
 from train.vtrace import vtrace
 
 
@@ -41,7 +41,7 @@ class Learner:
         core = model.core
         # The experts live in the store (train/experts.py attaches it before the first update).
         self.expert_optimizer = ExpertOptimizer(
-            core, lc.rmsprop_alpha, lc.rmsprop_eps, evict_after_use=cfg.store.prefetch == "none"
+            core, expert_rule(lc), evict_after_use=cfg.store.prefetch == "none"
         ) if isinstance(core, MoEELSTMCore) else None
         # --lr-schedule linear decays over the whole run (all stages), measured in updates; the last
         # update still learns. An optional linear warm-up over the first lr_warmup updates.
@@ -147,7 +147,7 @@ def make_optimizer(params: list[torch.nn.Parameter], lc: LearnerConfig) -> torch
     square average started at 1, as TensorFlow's RMSProp (the IMPALA paper's code) starts it: the
     first steps are then about lr * g, where a zero start makes them lr * sign(g) / sqrt(1 - alpha)."""
     if lc.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lc.learning_rate, eps=1e-5)  # cleanrl's eps
+        return torch.optim.Adam(params, lr=lc.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
     optimizer = torch.optim.RMSprop(params, lr=lc.learning_rate, alpha=lc.rmsprop_alpha, eps=lc.rmsprop_eps,
                                     momentum=lc.rmsprop_momentum)
     if lc.optimizer == "rmsprop-tf":

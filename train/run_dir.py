@@ -10,6 +10,7 @@ from storage.atomic import atomic_write_text, check_writable
 from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
 from train.config import RunConfig
+from train.expert_optimizer import expert_rule
 
 STRUCTURAL = ("model.", "env.games:", "env.num_envs:")
 """Config fields that --allow-config-change cannot change: network shapes, the schedule, the streams."""
@@ -52,6 +53,10 @@ def start(rd: RunDir, cfg: RunConfig, resume: bool, allow_config_change: bool = 
         if structural:
             raise UserError(f"a resumed run cannot change {'; '.join(structural)}: the checkpoint and the "
                             "evaluation history depend on it; start a new run dir")
+        if type(expert_rule(saved.learner)) is not type(expert_rule(cfg.learner)):
+            raise UserError(f"a resumed run cannot change --optimizer from {saved.learner.optimizer} to "
+                            f"{cfg.learner.optimizer}: its checkpoint (and a MoE run's expert store) holds "
+                            f"{saved.learner.optimizer}'s state; start a new run dir")
         if not allow_config_change:
             raise UserError(f"config differs from the saved run ({'; '.join(changes)}); "
                             "drop those flags, or pass --allow-config-change to accept it")

@@ -17,7 +17,7 @@ gamma_e . S~_e. Per rollout (segment form) an idle expert costs O(B N):
 and on activation (or a flush) it is materialised:
     grad_e += sum_b gamma_e[b, :, None] * S~_e[b];   S~_e <- rho_e[..., None] * S~_e;   rho_e <- 1;  gamma_e <- 0.
 So a rollout costs O(E B N) for all experts plus O(k-ish B N T D) for the active ones, and cold
-experts' parameters, RMSprop state and sensitivities stay in dram or on NVMe. A cold expert's
+experts' parameters, optimizer state and sensitivities stay in dram or on NVMe. A cold expert's
 pending gradient is applied at the update that next activates it (or at a flush before a
 checkpoint, :meth:`MoEELSTMCore.pending_gradients`) in the segment form; in the per-step form the
 steps after its last routing in a rollout stay pending into later updates (the totals are exact).
@@ -38,13 +38,14 @@ Out of core. The forward pass (actor and learner) computes with the parameter re
 ``expert_F``/``expert_Z`` [E, N, D] (published to the actor thread with the rest of the state dict
 after every update, and saved in checkpoints). Everything else about an expert lives in the store
 (``storage/expert_store.py``; its record is ``train/experts.py``'s ``expert_spec``): ``F``, ``Z``,
-their RMSprop square averages ``sq_F``, ``sq_Z`` and the sensitivities ``S_F``, ``S_Z`` [B, N, D] of
-the learner's B streams, B + 2 times the parameters. This core reads and writes only the
+their optimizer state (RMSprop's square averages ``sq_F``, ``sq_Z``, or Adam's moments and step
+count) and the sensitivities ``S_F``, ``S_Z`` [B, N, D] of the learner's B streams, B + 2 (Adam:
+B + 3) times the parameters. This core reads and writes only the
 sensitivities; the expert optimizer (``train/expert_optimizer.py``) owns the rest and refreshes the
 replica. After the backward pass the experts of the rollout stream through hbm in chunks of at
 most the hbm capacity (:meth:`MoEELSTMCore.hbm_chunks`), twice per update: once here to fold in
 their lazy vectors, form their gradients and advance their sensitivities, once in the optimizer
-(after the global gradient-norm clip, which needs every gradient) for the RMSprop step. So hbm need
+(after the global gradient-norm clip, which needs every gradient) for the optimizer step. So hbm need
 not hold a rollout's experts at once; when it does, the second pass is all hits.
 
 Data-parallel runs (``train/distributed.py``) hand the core a :class:`Collectives` at construction:

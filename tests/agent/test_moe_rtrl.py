@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from agent.cores.moe_elstm import VECTORS, MoEELSTMCore
-from train.expert_optimizer import ExpertOptimizer
+from train.expert_optimizer import ExpertOptimizer, RMSprop
 from train.experts import create_store
 
 D, N, B, T, E, K = 4, 5, 4, 5, 5, 2
@@ -39,8 +39,9 @@ def _core(tmp_path: Path, form: str, lazy: bool, hbm: int = 2, dram: int = 3, se
         core.router.linear.weight.zero_()
         core.router.linear.weight[1, 3], core.router.linear.weight[2, 3], core.router.linear.weight[3, 2] = 1.5, -1.5, 2.0
         core.router.linear.bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0, -3.0], dtype=DT))
-    core.attach_store(create_store(core, tmp_path / f"experts-{form}-{lazy}-{hbm}", B, hbm, dram, "cpu"))
-    return core, ExpertOptimizer(core, 0.99, 0.01)
+    rule = RMSprop(0.99, 0.01)
+    core.attach_store(create_store(core, tmp_path / f"experts-{form}-{lazy}-{hbm}", B, hbm, dram, "cpu", rule))
+    return core, ExpertOptimizer(core, rule)
 
 
 def _data(steps: int, seed: int = 1):

@@ -116,6 +116,52 @@ def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     assert state["progress"]["total_frames"] == 2 * 6400
 
 
+# --optimizer adam with game routing: Pong trains experts 0, 1 and Breakout 2, 3 (4, 5 are never
+# routed); 20 updates of 320 frames (4 streams x 20 steps x frame skip 4) per stage.
+ADAM = [*MOE, *SMALL, "--optimizer", "adam", "--routing", "game", "--frames-per-game", "6400",
+        "--checkpoint-every", "1000"]
+UPDATE_FRAMES, STAGE_UPDATES = 320, 20
+ADAM_STATE = ("m_F", "m_Z", "sq_F", "sq_Z", "step")
+
+
+def _adam_records(run_dir, state: dict) -> list[dict[str, torch.Tensor]]:
+    """Every expert's Adam state in the store snapshot of checkpoint ``state``."""
+    store = ExpertStore.open(run_dir / "experts", 6, 6, snapshot=state["expert_snapshot"])
+    records = []
+    for e in range(6):
+        with store.use([e]) as (rec,):
+            records.append({k: rec[k].clone() for k in ADAM_STATE})
+    store.close()
+    return records
+
+
+def test_adam_experts_keep_their_moments_and_step_counts_across_a_sigkill_and_resume(tmp_path):
+    """Killed in the second stage and resumed. Each update steps its game's experts once, so
+    Breakout's experts end the run with one Adam step per update of stage 2 only if the resumed run
+    continued from the checkpoint's step counts and moments (a fresh state would count from 0)."""
+    run_dir = tmp_path / "run"
+    args = [*ADAM, "--run-dir", str(run_dir)]
+    train_and_kill(args, run_dir, lambda frames: frames > (STAGE_UPDATES + 2) * UPDATE_FRAMES)
+    killed = _replica_matches_store(run_dir)
+    assert all("exp_avg" in s for s in killed["learner"]["optimizer"]["state"].values())  # the dense Adam
+    done = killed["progress"]["total_frames"] // UPDATE_FRAMES - STAGE_UPDATES  # stage-2 updates before the kill
+    assert 2 <= done < STAGE_UPDATES
+    before = _adam_records(run_dir, killed)
+    counts = [int(r["step"]) for r in before]
+    assert counts[2:] == [done, done, 0, 0] and min(counts[:2]) >= STAGE_UPDATES, counts
+    for e, r in enumerate(before):
+        assert all((r[k].abs().max() > 0) == (e < 4) for k in ADAM_STATE), e
+
+    run_cli("train", *args, "--resume", check=True)
+    final = _replica_matches_store(run_dir)
+    assert final["progress"]["total_frames"] == 2 * STAGE_UPDATES * UPDATE_FRAMES
+    after = _adam_records(run_dir, final)
+    resumed = [int(r["step"]) for r in after]
+    assert resumed[2:] == [STAGE_UPDATES, STAGE_UPDATES, 0, 0], resumed
+    assert all(a >= b for a, b in zip(resumed[:2], counts[:2])), (counts, resumed)
+    assert all(torch.equal(after[e][k], before[e][k]) for e in (4, 5) for k in ADAM_STATE)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--top-k", "7"], "--top-k must be between 1 and --num-experts"),
     (["--top-k", "3", "--hbm-experts", "2", "--dram-experts", "3"], "--hbm-experts (2) must hold at least --top-k (3)"),

@@ -67,3 +67,21 @@ def test_checkpoints_without_a_config_are_refused_not_overwritten(tmp_path, resu
     with pytest.raises(UserError, match="config.json is missing"):
         run_dirs.start(rd, preset("smoke"), resume=resume)
     assert stage.read_bytes() == before and not rd.config.exists()
+
+
+@pytest.mark.parametrize("saved, new", [("rmsprop", "adam"), ("adam", "rmsprop-tf")])
+def test_a_resume_cannot_switch_between_adam_and_rmsprop(tmp_path, saved, new):
+    """The checkpoint (and a MoE run's expert records) hold one optimizer's state; rmsprop and
+    rmsprop-tf share theirs and may be switched with --allow-config-change."""
+    rd = RunDir(tmp_path / "run")
+    cfg = preset("smoke")
+    cfg.learner.optimizer = saved
+    run_dirs.start(rd, cfg, resume=False)
+    CheckpointManager(rd.root).save({"step": 0}, "stage_000", keep=True)
+    before = rd.config.read_bytes()
+    cfg.learner.optimizer = new
+    with pytest.raises(UserError, match=f"cannot change --optimizer from {saved} to {new}"):
+        run_dirs.start(rd, cfg, resume=True, allow_config_change=True)
+    assert rd.config.read_bytes() == before
+    cfg.learner.optimizer = "rmsprop-tf" if saved == "rmsprop" else saved
+    run_dirs.start(rd, cfg, resume=True, allow_config_change=True)
