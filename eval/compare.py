@@ -3,19 +3,34 @@ r"""`run.py eval --compare DIR1 DIR2 ...`: a side-by-side table of finished runs
 Each run's ``eval/forgetting.json`` is read as written (nothing is re-evaluated). Runs whose
 configs (``config.json``) differ only in ``seed`` form one *group* (the seeds of one method); a
 group is labelled by the config fields whose values differ between groups (``model.core=elstm``),
-or by its first run's directory name when there is a single group.
+or by its first run's directory name when there is a single group. Every interval is a 95%
+percentile bootstrap interval with a fixed resampling seed (0) and ``reps`` replicates.
 
 Per group, with :math:`h^{(n)}_g` the final-stage HNS of seed ``n`` on game ``g``:
 
 - ``final_hns/<game>`` :math:`= \operatorname{mean}_n h^{(n)}_g` (finite entries only);
 - ``iqm`` the interquartile mean of all (seed, game) entries :math:`h^{(n)}_g`, with ``iqm_low``,
-  ``iqm_high`` its 95% stratified bootstrap interval (strata = games, resampled runs = seeds;
-  :func:`eval.metrics.stratified_bootstrap_ci`, fixed resampling seed). With one seed every
-  stratum has one value, so the interval collapses to the point; the ``note`` row says so;
-- ``mean_forgetting``, ``bwt``, ``mean_zero_shot_transfer`` and ``mean_forward_transfer``: the
-  mean over seeds of each run's ``metrics.<name>`` (runs where it is ``null`` are left out; the
-  cell is empty when none has it; forward transfer needs the runs evaluated with
-  ``--reference-run``).
+  ``iqm_high`` its stratified bootstrap interval (strata = games, resampled runs = seeds;
+  :func:`eval.metrics.stratified_bootstrap_ci`);
+- ``learning/<game>`` (with ``learning_low/<game>``, ``learning_high/<game>``): did training the
+  game improve it? With :math:`i_g` the first stage that trains ``g`` and :math:`e^{(n)}_{s,g}`
+  the HNS of the episodes of seed ``n``'s evaluation in row ``s`` (``episode_returns``
+  normalised), the point is :math:`\operatorname{mean}_n (\bar e^{(n)}_{i_g,g} - \bar
+  e^{(n)}_{0,g})`, the stage-end score minus the before-training score, and the interval
+  resamples seeds and, within each drawn seed, the episodes of each of the two evaluations
+  (:func:`eval.metrics.two_level_bootstrap_difference_ci`). ``learned/<game>`` reads the
+  interval: ``yes`` (it lies above 0), ``worse`` (below 0) or ``unclear`` (it holds 0). A run
+  whose file has no episode returns for the two cells (written before they were kept) is left
+  out, and the ``note`` row names it;
+- ``mean_forgetting`` and ``bwt`` (with ``_low``, ``_high``): the mean over seeds of each run's
+  ``metrics.<name>``, with the bootstrap interval over seeds (:func:`eval.metrics.stratified_bootstrap_ci`
+  of one stratum, statistic the mean);
+- ``mean_zero_shot_transfer`` and ``mean_forward_transfer``: the mean over seeds of each run's
+  ``metrics.<name>`` (forward transfer needs the runs evaluated with ``--reference-run``).
+
+A run where a metric is ``null`` is left out of it; a cell is empty when no run has it. With one
+seed the intervals over seeds collapse to the point (the learning interval then holds the episode
+noise only); the ``note`` row says so.
 """
 
 from __future__ import annotations
@@ -30,13 +45,16 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
-from eval.forgetting import mean_or_none, read_forgetting
-from eval.metrics import stratified_bootstrap_ci
+from envs.registry import normalized_score
+from eval.forgetting import mean_or_none, read_episode_returns, read_forgetting
+from eval.metrics import first_stages, stratified_bootstrap_ci, two_level_bootstrap_difference_ci
 from storage.atomic import atomic_write_text
 from storage.run_dir import RunDir
 
 CSV_NAME = "compare.csv"
-_RUN_METRICS = ("mean_forgetting", "bwt", "mean_zero_shot_transfer", "mean_forward_transfer")
+_SEED_INTERVAL_METRICS = ("mean_forgetting", "bwt")
+"""Per-run scalars of ``forgetting.json``'s metrics, averaged over each group's seeds with an interval."""
+_MEAN_METRICS = ("mean_zero_shot_transfer", "mean_forward_transfer")
 """Per-run scalars of ``forgetting.json``'s metrics, averaged over each group's seeds."""
 _IGNORED = ("seed", "device")
 """Config fields that may differ inside one group (its runs are then seeds of one method, on any device)."""
@@ -74,15 +92,19 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
     groups = _group(runs)
     labels = _labels(groups)
     games = list(runs[0].doc["games"])
-    columns = [_group_stats(g, len(games), reps) for g in groups]
+    columns = [_group_stats(g, games, reps) for g in groups]
 
     rows: list[tuple[str, list[Any]]] = [
         ("runs", [";".join(r.root.name for r in g) for g in groups]),
         ("seeds", [c["seeds"] for c in columns]),
     ]
     rows += [(f"final_hns/{game}", [c["final_hns"][j] for c in columns]) for j, game in enumerate(games)]
-    rows += [(name, [c[name] for c in columns])
-             for name in ("iqm", "iqm_low", "iqm_high", *_RUN_METRICS, "note")]
+    rows += [(name, [c[name] for c in columns]) for name in ("iqm", "iqm_low", "iqm_high")]
+    rows += [(f"{name}/{game}", [c[name][j] for c in columns])
+             for j, game in enumerate(games) for name in ("learning", "learning_low", "learning_high", "learned")]
+    rows += [(f"{name}{suffix}", [c[f"{name}{suffix}"] for c in columns])
+             for name in _SEED_INTERVAL_METRICS for suffix in ("", "_low", "_high")]
+    rows += [(name, [c[name] for c in columns]) for name in (*_MEAN_METRICS, "note")]
 
     csv_path = Path(csv_path) if csv_path is not None else RunDir(run_dirs[0]).eval / CSV_NAME
     atomic_write_text(csv_path, _csv_text(labels, rows))
@@ -148,26 +170,67 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _group_stats(group: list[_Run], num_games: int, reps: int) -> dict[str, Any]:
+def _group_stats(group: list[_Run], games: list[str], reps: int) -> dict[str, Any]:
+    """One group's column: the cells of :func:`compare_runs`' rows (per-game rows as lists ``[G]``)."""
     final = np.array([[math.nan if x is None else float(x) for x in r.doc["hns"][-1]] for r in group],
-                     dtype=np.float64).reshape(len(group), num_games)  # [seeds, games]
-    final_hns = [mean_or_none(final[:, j]) for j in range(num_games)]
+                     dtype=np.float64).reshape(len(group), len(games))  # [seeds, games]
+    final_hns = [mean_or_none(final[:, j]) for j in range(len(games))]
     stats: dict[str, Any] = {"seeds": len(group), "final_hns": final_hns}
     if np.isfinite(final).any():
         point, low, high = stratified_bootstrap_ci(final, reps=reps, seed=0)
         stats.update(iqm=point, iqm_low=low, iqm_high=high)
     else:
         stats.update(iqm=None, iqm_low=None, iqm_high=None)
-    for name in _RUN_METRICS:
+    learning, without_episodes = _learning(group, games, reps)
+    stats["learning"], stats["learning_low"], stats["learning_high"] = (list(x) for x in zip(*learning))
+    stats["learned"] = [None if p is None else _verdict(low, high) for p, low, high in learning]
+    for name in _SEED_INTERVAL_METRICS:
+        values = np.array([v for r in group if (v := r.doc["metrics"].get(name)) is not None], dtype=np.float64)
+        point, low, high = (stratified_bootstrap_ci(values, statistic=np.mean, reps=reps, seed=0)
+                            if values.size else (None, None, None))
+        stats.update({name: point, f"{name}_low": low, f"{name}_high": high})
+    for name in _MEAN_METRICS:
         values = [r.doc["metrics"].get(name) for r in group]
         stats[name] = mean_or_none(np.array([v for v in values if v is not None], dtype=np.float64))
+    notes = []
     if stats["iqm"] is None:
-        stats["note"] = "no finite final HNS"
+        notes.append("no finite final HNS")
     elif len(group) == 1:
-        stats["note"] = "1 seed: interval degenerate"
-    else:
-        stats["note"] = ""
+        notes.append("1 seed: interval degenerate over seeds")
+    if without_episodes:
+        notes.append(f"no episode returns in {', '.join(without_episodes)} (older forgetting.json; "
+                     "`run.py eval --run-dir` rewrites it): left out of learning")
+    stats["note"] = "; ".join(notes)
     return stats
+
+
+def _learning(group: list[_Run], games: list[str], reps: int
+              ) -> tuple[list[tuple[float | None, float | None, float | None]], list[str]]:
+    """``([G] (point, low, high) of each game's learning, all None where undefined), [names of the
+    runs without episode returns for a trained game's two cells]``."""
+    first = first_stages(group[0].doc["stage_games"])
+    episodes = [read_episode_returns(r.doc) for r in group]
+    learning, without = [], []
+    for j, game in enumerate(games):
+        if game not in first:  # never trained: nothing to learn
+            learning.append((None, None, None))
+            continue
+        after, before = [], []
+        for run, cells in zip(group, episodes):
+            pair = None if cells is None else (cells[first[game]][j], cells[0][j])
+            if pair is None or any(c is None or not np.isfinite(c).any() for c in pair):
+                without.append(run.root.name)
+                continue
+            after.append(normalized_score(game, pair[0]))
+            before.append(normalized_score(game, pair[1]))
+        learning.append(two_level_bootstrap_difference_ci(after, before, reps=reps, seed=0) if after
+                        else (None, None, None))
+    return learning, list(dict.fromkeys(without))
+
+
+def _verdict(low: float, high: float) -> str:
+    """What a learning interval says: ``yes`` (above 0), ``worse`` (below 0), ``unclear`` (holds 0)."""
+    return "yes" if low > 0.0 else "worse" if high < 0.0 else "unclear"
 
 
 def _csv_text(labels: list[str], rows: list[tuple[str, list[Any]]]) -> str:
@@ -182,15 +245,16 @@ def _csv_text(labels: list[str], rows: list[tuple[str, list[Any]]]) -> str:
 
 
 def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: list[str]) -> str:
-    """The printed table: groups as columns, the interval folded into the IQM row."""
+    """The printed table: groups as columns, each interval folded into its point's row."""
     cells = dict(rows)
     lines: list[tuple[str, list[str]]] = [("seeds", [str(s) for s in cells["seeds"]])]
     lines += [(f"final HNS {g}", [_fmt(x) for x in cells[f"final_hns/{g}"]]) for g in games]
-    lines.append(("IQM [95% CI]", [
-        "n/a" if p is None else f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
-        for p, lo, hi in zip(cells["iqm"], cells["iqm_low"], cells["iqm_high"])]))
-    lines.append(("mean forgetting", [_fmt(x) for x in cells["mean_forgetting"]]))
-    lines.append(("BWT", [_fmt(x) for x in cells["bwt"]]))
+    lines.append(("IQM [95% CI]", _interval_cells(cells, "iqm")))
+    lines += [(f"learning {g} [95% CI]", [f"{text} {verdict}" if verdict else text for text, verdict in
+                                          zip(_interval_cells(cells, "learning", f"/{g}"), cells[f"learned/{g}"])])
+              for g in games]
+    lines.append(("mean forgetting [95% CI]", _interval_cells(cells, "mean_forgetting")))
+    lines.append(("BWT [95% CI]", _interval_cells(cells, "bwt")))
     lines.append(("zero-shot transfer", [_fmt(x) for x in cells["mean_zero_shot_transfer"]]))
     lines.append(("forward transfer", [_fmt(x) for x in cells["mean_forward_transfer"]]))
     if any(cells["note"]):
@@ -201,6 +265,13 @@ def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: lis
     for name, vals in lines:
         text += "  ".join([name.ljust(width0)] + [v.rjust(w) for v, w in zip(vals, widths)]) + "\n"
     return text
+
+
+def _interval_cells(cells: dict[str, list[Any]], name: str, game: str = "") -> list[str]:
+    """``point [low, high]`` per group from the rows ``<name><game>``, ``_low``, ``_high`` (``game``
+    is ``""`` or ``"/<game>"``); ``n/a`` where there is no point."""
+    return ["n/a" if p is None else f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
+            for p, lo, hi in zip(cells[f"{name}{game}"], cells[f"{name}_low{game}"], cells[f"{name}_high{game}"])]
 
 
 def _fmt(x: float | None) -> str:

@@ -3,19 +3,22 @@ and forward transfer against single-task reference runs.
 
 One evaluation is a *point*, a plain dict (so it is saved in checkpoints as plain data)::
 
-    {"frames": F, "stage": i, "kind": k, "returns": [G mean raw returns, NaN = failed]}
+    {"frames": F, "stage": i, "kind": k, "returns": [G mean raw returns, NaN = failed],
+     "episodes": [G lists [K] of each episode's raw return]}
 
 ``frames`` is the run's total environment frames when it was taken (the TensorBoard step);
 ``kind`` is ``before`` (the initial parameters, ``stage`` 0, ``frames`` 0), ``periodic`` (every
 ``eval.every`` frames while stage ``i`` trains, 1-based) or ``stage`` (at the end of stage ``i``).
-``returns`` follows the run's columns, :func:`eval_columns`. The history is saved in every
+``returns`` and ``episodes`` follow the run's columns, :func:`eval_columns`; ``episodes`` is
+absent from points read back from ``curves.csv`` (it holds the means only) and from histories
+saved by versions before it existed, which load unchanged. The history is saved in every
 checkpoint and streamed to ``eval/curves.csv`` (rewritten atomically after every evaluation, and
 on resume from the checkpoint's history, so points a killed attempt took after its checkpoint are
 dropped and retaken, never duplicated). ``eval/curves.png`` plots it: one panel per game, x = total
 frames, each training stage shaded and labelled with its game (the panel's own game in orange).
 
 The forgetting matrix is the ``before`` point followed by the ``stage`` points
-(:func:`matrix_returns`).
+(:func:`matrix_returns`, :func:`matrix_episodes`).
 """
 
 from __future__ import annotations
@@ -52,11 +55,18 @@ def eval_columns(schedule: list[str]) -> list[str]:
     return list(dict.fromkeys(schedule))
 
 
-def eval_point(frames: int, stage: int, kind: str, returns: list[float]) -> dict[str, Any]:
-    """One evaluation as plain data (see the module docstring)."""
+def eval_point(frames: int, stage: int, kind: str, returns: list[float],
+               episodes: list[list[float]] | None = None) -> dict[str, Any]:
+    """One evaluation as plain data (see the module docstring): ``returns`` ``[G]`` the means,
+    ``episodes`` ``[G][K]`` the episodes behind them (``None``: the point has no ``episodes`` key)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return {"frames": int(frames), "stage": int(stage), "kind": kind, "returns": [float(r) for r in returns]}
+    point = {"frames": int(frames), "stage": int(stage), "kind": kind, "returns": [float(r) for r in returns]}
+    if episodes is not None:
+        if len(episodes) != len(returns):
+            raise ValueError(f"episodes must hold one list per game ({len(returns)}), got {len(episodes)}")
+        point["episodes"] = [[float(r) for r in cell] for cell in episodes]
+    return point
 
 
 def normalized_matrix(games: list[str], returns: np.ndarray) -> np.ndarray:
@@ -77,11 +87,27 @@ def matrix_returns(history: list[dict[str, Any]], num_games: int) -> np.ndarray:
         ValueError: the history does not start with one ``before`` point or its stage points are
             not stages 1, 2, ... in order (a bug: the trainer writes them so).
     """
+    rows = _matrix_points(history)
+    return np.array([p["returns"] for p in rows], dtype=np.float64).reshape(len(rows), num_games)
+
+
+def matrix_episodes(history: list[dict[str, Any]], num_games: int) -> list[list[list[float] | None]]:
+    """The forgetting matrix's episode returns ``[S + 1][G]`` (lists ``[K]``), rows as in
+    :func:`matrix_returns`; a point without ``episodes`` (an older history) gives ``None`` cells.
+
+    Raises:
+        ValueError: as :func:`matrix_returns`.
+    """
+    return [p["episodes"] if "episodes" in p else [None] * num_games for p in _matrix_points(history)]
+
+
+def _matrix_points(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``before`` point and the ``stage`` points of ``history``, checked to be rows 0..S in order."""
     rows = [p for p in history if p["kind"] in (BEFORE, STAGE)]
     if not rows or rows[0]["kind"] != BEFORE or [p["stage"] for p in rows] != list(range(len(rows))):
         raise ValueError(f"history must hold a before point then stages 1..S, got "
                          f"{[(p['kind'], p['stage']) for p in rows]}")
-    return np.array([p["returns"] for p in rows], dtype=np.float64).reshape(len(rows), num_games)
+    return rows
 
 
 def stage_spans(history: list[dict[str, Any]]) -> list[tuple[int, int, int]]:

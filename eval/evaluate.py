@@ -8,8 +8,9 @@ meets the same start states and sticky-action draws for the same actions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -65,35 +66,47 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
     return returns
 
 
+class GameResult(NamedTuple):
+    """One game's evaluation."""
+
+    mean: float
+    """Mean raw return over the episodes (NaN if an episode failed)."""
+    hns: float
+    """Its normalised score, ``envs.registry.normalized_score(game, mean)`` (Atari: human-normalised)."""
+    episodes: list[float]
+    """``[K]`` the raw return of each episode, in stream order."""
+
+
 def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eval_cfg: EvalConfig,
                    device: torch.device, on_step: Callable[[str, np.ndarray], None] | None = None
-                   ) -> dict[str, tuple[float, float]]:
-    """{game: (mean raw return over the episodes, its normalised score)} for each of ``games``, in
-    order (``on_step`` as in :func:`evaluate_game`).
+                   ) -> dict[str, GameResult]:
+    """``{game: GameResult}`` for each of ``games``, in order (``on_step`` as in :func:`evaluate_game`).
 
-    The score is ``envs.registry.normalized_score(game, mean)`` (Atari: human-normalised); a failed
-    episode (NaN return) makes the game's mean NaN, which every metric skips.
+    A failed episode (NaN return) makes the game's mean NaN, which every metric skips.
     """
     was_training = model.training
     model.eval()
     try:
         results = {}
         for game in games:
-            mean = float(np.mean(evaluate_game(model, game, env_cfg, eval_cfg, device, on_step)))
-            results[game] = (mean, normalized_score(game, mean))
+            episodes = evaluate_game(model, game, env_cfg, eval_cfg, device, on_step)
+            mean = float(np.mean(episodes))
+            results[game] = GameResult(mean, normalized_score(game, mean), [float(r) for r in episodes])
         return results
     finally:
         model.train(was_training)
 
 
 def record_returns(eval_dir: Path, games: list[str], stage_games: list[str], returns: np.ndarray,
+                   episode_returns: Sequence[Sequence[Sequence[float] | None]] | None = None,
                    forward_transfer: dict[str, float | None] | None = None,
                    reference_runs: list[str] | None = None) -> dict:
     """Write the forgetting files for mean ``returns`` ``[S + 1, G]`` (row 0 before training, NaN = not evaluated).
 
-    ``games`` are the columns, ``stage_games[i - 1]`` the game trained in stage ``i``; the scores are
-    normalised with ``envs.registry.normalized_score``. Returns the JSON document
-    (:func:`eval.forgetting.write_forgetting`).
+    ``games`` are the columns, ``stage_games[i - 1]`` the game trained in stage ``i``;
+    ``episode_returns`` ``[S + 1][G]`` each cell's per-episode raw returns ``[K]`` (``None`` where
+    not kept); the scores are normalised with ``envs.registry.normalized_score``. Returns the JSON
+    document (:func:`eval.forgetting.write_forgetting`).
     """
     return write_forgetting(eval_dir, games, stage_games, returns, normalized_matrix(games, returns),
-                            forward_transfer, reference_runs)
+                            episode_returns, forward_transfer, reference_runs)

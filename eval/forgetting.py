@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,7 @@ def write_forgetting(
     stage_games: list[str],
     returns: np.ndarray,
     hns: np.ndarray,
+    episode_returns: Sequence[Sequence[Sequence[float] | None]] | None = None,
     forward_transfer: dict[str, float | None] | None = None,
     reference_runs: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -136,14 +138,20 @@ def write_forgetting(
         returns: ``[S + 1, G]`` mean raw game-over returns (row 0 before training), NaN where not
             evaluated.
         hns: ``[S + 1, G]`` their normalised scores.
+        episode_returns: ``[S + 1][G]`` the raw return of each episode ``[K]`` behind each cell
+            of ``returns``, ``None`` for a cell whose episodes were not kept (or not evaluated);
+            ``None`` = no cell's.
         forward_transfer: see :func:`compute_metrics`.
         reference_runs: the single-task reference run dirs ``forward_transfer`` was computed with.
 
     Returns:
         The dict written to JSON: the docs/forgetting.md schema ``{"games", "stages", "returns", "hns",
         "metrics"}`` (``stages`` = :func:`stage_labels`, ``metrics`` = :func:`compute_metrics`)
-        plus ``"stage_games"`` and ``"reference_runs"`` (a list, empty without references), with
-        every NaN as ``None``.
+        plus ``"stage_games"``, ``"episode_returns"`` ``[S + 1][G]`` (lists ``[K]`` or ``None``)
+        and ``"reference_runs"`` (a list, empty without references), with every NaN as ``None``.
+
+    Raises:
+        ValueError: on shapes that do not match the names.
     """
     returns = np.asarray(returns, dtype=np.float64)
     hns = np.asarray(hns, dtype=np.float64)
@@ -151,6 +159,10 @@ def write_forgetting(
     shape = (len(stages), len(games))
     if returns.shape != shape or hns.shape != shape:
         raise ValueError(f"expected returns and hns of shape {shape}, got {returns.shape} and {hns.shape}")
+    if episode_returns is None:
+        episode_returns = [[None] * len(games) for _ in stages]
+    if len(episode_returns) != len(stages) or any(len(row) != len(games) for row in episode_returns):
+        raise ValueError(f"expected episode_returns of [{len(stages)}][{len(games)}] cells")
     eval_dir = Path(eval_dir)
     doc = {
         "games": list(games),
@@ -158,6 +170,7 @@ def write_forgetting(
         "stage_games": list(stage_games),
         "returns": _to_json_matrix(returns),
         "hns": _to_json_matrix(hns),
+        "episode_returns": [[None if cell is None else _to_json_list(cell) for cell in row] for row in episode_returns],
         "metrics": compute_metrics(hns, stage_games, games, forward_transfer),
         "reference_runs": list(reference_runs or []),
     }
@@ -188,6 +201,17 @@ def read_forgetting(eval_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def read_episode_returns(doc: dict[str, Any]) -> list[list[np.ndarray | None]] | None:
+    """The ``episode_returns`` of a :func:`read_forgetting` document: ``[S + 1][G]`` arrays ``[K]``
+    (a ``null`` episode as NaN) or ``None`` per cell; ``None`` for a file written before the field
+    existed."""
+    rows = doc.get("episode_returns")
+    if rows is None:
+        return None
+    return [[None if cell is None else np.array([math.nan if x is None else x for x in cell], dtype=np.float64)
+             for cell in row] for row in rows]
+
+
 def mean_or_none(values: np.ndarray) -> float | None:
     """Mean of the finite entries of ``values``, or ``None`` if there are none."""
     finite = values[np.isfinite(values)]
@@ -201,7 +225,12 @@ def _mean_of_defined(values: dict[str, float | None]) -> float | None:
 
 def _to_json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
     """``[S, G]`` array as nested lists with non-finite entries as ``None``."""
-    return [[float(x) if math.isfinite(x) else None for x in row] for row in matrix]
+    return [_to_json_list(row) for row in matrix]
+
+
+def _to_json_list(values: Sequence[float]) -> list[float | None]:
+    """``[K]`` numbers as a list with non-finite entries as ``None``."""
+    return [float(x) if math.isfinite(x) else None for x in values]
 
 
 def _csv_text(games: list[str], stages: list[str], returns: np.ndarray, hns: np.ndarray) -> str:

@@ -14,7 +14,8 @@ Conventions shared by every function here:
 
 References: Lopez-Paz & Ranzato 2017 (GEM) for zero-shot forward transfer; Wolczyk et al. 2021
 (Continual World) for AUC forward transfer; Agarwal et al. 2021 ("Deep RL at the Edge of the
-Statistical Precipice", the ``rliable`` library) for IQM and stratified bootstrap intervals.
+Statistical Precipice", the ``rliable`` library) for IQM and stratified bootstrap intervals; Davison
+& Hinkley 1997 (section 3.8) for the two-stage bootstrap of nested data (seeds, then episodes).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "first_stages",
     "iqm",
     "stratified_bootstrap_ci",
+    "two_level_bootstrap_difference_ci",
     "zero_shot_forward_transfer",
 ]
 
@@ -265,6 +267,81 @@ def stratified_bootstrap_ci(
         values = np.array([statistic(row) for row in replicates], dtype=np.float64)
     low, high = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
     return point, float(low), float(high)
+
+
+def two_level_bootstrap_difference_ci(
+    after: Sequence[ArrayLike],
+    before: Sequence[ArrayLike],
+    reps: int = 2000,
+    alpha: float = 0.05,
+    seed: int | np.random.Generator | None = 0,
+) -> tuple[float, float, float]:
+    r"""Mean difference of two evaluations over seeds and episodes, with a two-level bootstrap interval.
+
+    Seed ``n`` (``N`` of them) evaluated the same game twice: ``after[n]`` ``[K_n]`` and
+    ``before[n]`` ``[J_n]`` are the episodes' scores of the two evaluations (e.g. after the game's
+    stage and before training). The point estimate is the mean over seeds of each seed's difference
+    of episode means,
+
+    .. math:: \hat\Delta = \frac{1}{N} \sum_{n=1}^{N} \big(\bar a_n - \bar b_n\big).
+
+    A bootstrap replicate resamples at both levels of the nesting: it draws ``N`` seeds with
+    replacement, and for each drawn seed (each draw anew, also when a seed is drawn twice) it
+    draws ``K_n`` of its ``after`` episodes and, independently, ``J_n`` of its ``before``
+    episodes, with replacement; the replicate is :math:`\hat\Delta` of the drawn data. The
+    interval is the percentile interval :math:`[q_{\alpha/2}, q_{1-\alpha/2}]` of the ``reps``
+    replicates (``numpy.percentile``, linear interpolation), so it covers both the seed-to-seed
+    spread and each evaluation's episode noise. With every episode of a cell equal, only the seed
+    level varies; with one seed, only the episode level.
+
+    Non-finite episodes (a failed episode) are dropped first; a seed left without an episode in
+    either evaluation is left out.
+
+    Args:
+        after: ``[N]`` arrays ``[K_n]``: each seed's episode scores of the later evaluation.
+        before: ``[N]`` arrays ``[J_n]``: the same seeds' episode scores of the earlier one.
+        reps: number of bootstrap replicates ``B``.
+        alpha: ``1 - `` the confidence level (0.05: a 95% interval).
+        seed: seed or generator for the resampling; a fixed seed gives a reproducible interval.
+
+    Returns:
+        ``(point, low, high)`` as floats.
+
+    Raises:
+        ValueError: ``after`` and ``before`` differ in length, an entry is not 1-D, no seed has a
+            finite episode in both evaluations, or ``reps``/``alpha`` are out of range.
+    """
+    if len(after) != len(before):
+        raise ValueError(f"after and before must hold the same seeds, got {len(after)} and {len(before)}")
+    if reps < 1 or not 0.0 < alpha < 1.0:
+        raise ValueError(f"need reps >= 1 and 0 < alpha < 1, got reps={reps}, alpha={alpha}")
+    cells = [(_finite_1d(a), _finite_1d(b)) for a, b in zip(after, before)]
+    cells = [(a, b) for a, b in cells if a.size and b.size]
+    if not cells:
+        raise ValueError("no seed has a finite episode in both evaluations")
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([a.mean() - b.mean() for a, b in cells]))
+    picks = rng.integers(0, len(cells), size=(reps, len(cells)))  # [B, N]: the seed in each slot
+    differences = np.empty(picks.shape)  # [B, N]: the drawn seed's resampled difference
+    for n, (a, b) in enumerate(cells):
+        slots = picks == n
+        draws = int(slots.sum())
+        differences[slots] = _resampled_means(a, draws, rng) - _resampled_means(b, draws, rng)
+    low, high = np.percentile(differences.mean(axis=1), [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
+    return point, float(low), float(high)
+
+
+def _finite_1d(values: ArrayLike) -> np.ndarray:
+    """The finite entries of a 1-D array ``[K]`` (ValueError if it is not 1-D)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"episode scores must be 1-D [episodes], got shape {x.shape}")
+    return x[np.isfinite(x)]
+
+
+def _resampled_means(x: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``[draws]`` means of bootstrap resamples of ``x`` ``[K]`` (``K`` entries each, with replacement)."""
+    return x[rng.integers(0, x.size, size=(draws, x.size))].mean(axis=1)
 
 
 def _iqm_rows(x: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ class Progress:
     total_frames: int = 0
     """Frames trained in the whole run (the TensorBoard step)."""
     evaluations: list[dict] = field(default_factory=list)
-    """Every evaluation so far, in order: points ``{"frames", "stage", "kind", "returns"}`` (``eval/curves.py``)."""
+    """Every evaluation so far, in order: points ``{"frames", "stage", "kind", "returns", "episodes"}``
+    (``eval/curves.py``; ``episodes`` is missing from points saved by older versions)."""
 
 
 def replica(model: ActorCritic) -> dict[str, torch.Tensor]:

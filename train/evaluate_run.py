@@ -67,6 +67,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
     torch_device = resolve_device(device)
     model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(torch_device)
     returns = np.full((len(stage_paths), len(columns)), np.nan)
+    episodes: list[list[list[float]]] = []  # [S + 1][G][K]
     for row, path in enumerate(stage_paths):
         state = manager.load(path, map_location=torch_device)
         if row == 0 and state["progress"]["total_frames"] != 0:
@@ -74,16 +75,17 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
                             f"{state['progress']['total_frames']:,} by an older version); train a new run")
         model.load_state_dict(state["model"])
         results = evaluate_games(model, columns, cfg.env, cfg.eval, torch_device)
-        returns[row] = [results[g][0] for g in columns]
+        returns[row] = [results[g].mean for g in columns]
+        episodes.append([results[g].episodes for g in columns])
         label = "before training" if row == 0 else f"after stage {row} ({cfg.env.games[row - 1]})"
-        print(f"{label}: " + "  ".join(f"{g}: {r:.1f} (hns {h:.3f})" for g, (r, h) in results.items()), flush=True)
+        print(f"{label}: " + "  ".join(f"{g}: {r.mean:.1f} (hns {r.hns:.3f})" for g, r in results.items()), flush=True)
 
     forward_transfer = None
     if references:
         full = reference_forward_transfer(history, schedule_columns, cfg.env.games, references)
         forward_transfer = {g: full.get(g) for g in columns}
-    doc = record_returns(rd.eval, columns, cfg.env.games[:len(stage_paths) - 1], returns, forward_transfer,
-                         [str(r) for r in reference_runs or []])
+    doc = record_returns(rd.eval, columns, cfg.env.games[:len(stage_paths) - 1], returns, episodes,
+                         forward_transfer, [str(r) for r in reference_runs or []])
     if history is not None:
         write_curves(rd.eval, schedule_columns, cfg.env.games, history)
     m = doc["metrics"]

@@ -43,7 +43,7 @@ from common.errors import UserError
 from envs.atari import NUM_ACTIONS
 from envs.registry import make_env
 from eval import curves
-from eval.curves import BEFORE, PERIODIC, STAGE, eval_columns, eval_point, matrix_returns
+from eval.curves import BEFORE, PERIODIC, STAGE, eval_columns, eval_point, matrix_episodes, matrix_returns
 from eval.evaluate import evaluate_games, record_returns
 from eval.forgetting import PNG_NAME, mean_or_none
 from storage.checkpoint import CheckpointManager
@@ -349,13 +349,14 @@ def _evaluate(run: _Run, progress: Progress, kind: str, window: CacheWindow | No
         traffic_scalars = {} if traffic is None else traffic.close()
     if window is not None and traffic is not None:
         window.exclude(traffic.counts)
-    progress.evaluations.append(eval_point(progress.total_frames, stage, kind, [results[g][0] for g in columns]))
+    progress.evaluations.append(eval_point(progress.total_frames, stage, kind, [results[g].mean for g in columns],
+                                           [results[g].episodes for g in columns]))
     doc = _write_eval_files(cfg, progress, rd)
     scalars = dict(traffic_scalars)
-    for game, (ret, hns) in results.items():
-        scalars[tags.eval_return(game)] = ret
-        scalars[tags.eval_hns(game)] = hns
-    avg = mean_or_none(np.array([hns for _, hns in results.values()]))
+    for game, result in results.items():
+        scalars[tags.eval_return(game)] = result.mean
+        scalars[tags.eval_hns(game)] = result.hns
+    avg = mean_or_none(np.array([result.hns for result in results.values()]))
     if avg is not None:
         scalars[tags.EVAL_AVG_HNS] = avg
     if kind != PERIODIC and doc["metrics"]["mean_forgetting"] is not None:
@@ -365,7 +366,7 @@ def _evaluate(run: _Run, progress: Progress, kind: str, window: CacheWindow | No
         logger.png(tags.EVAL_MATRIX_IMAGE, (rd.eval / PNG_NAME).read_bytes(), progress.total_frames)
         logger.png(tags.EVAL_CURVES_IMAGE, (rd.eval / curves.PNG_NAME).read_bytes(), progress.total_frames)
     logger.flush()
-    _say("  " + "  ".join(f"{g}: {r:.1f} (hns {h:.3f})" for g, (r, h) in results.items()))
+    _say("  " + "  ".join(f"{g}: {r.mean:.1f} (hns {r.hns:.3f})" for g, r in results.items()))
 
 
 def _say(line: str) -> None:
@@ -380,7 +381,8 @@ def _write_eval_files(cfg: RunConfig, progress: Progress, rd: RunDir) -> dict:
         stale.unlink(missing_ok=True)
     columns = eval_columns(cfg.env.games)
     returns = matrix_returns(progress.evaluations, len(columns))
-    doc = record_returns(rd.eval, columns, cfg.env.games[:returns.shape[0] - 1], returns)
+    doc = record_returns(rd.eval, columns, cfg.env.games[:returns.shape[0] - 1], returns,
+                         matrix_episodes(progress.evaluations, len(columns)))
     curves.write_curves(rd.eval, columns, cfg.env.games, progress.evaluations)
     return doc
 

@@ -1,16 +1,20 @@
-"""`run.py eval --compare`: runs grouped by config, a side-by-side table with IQM intervals, CSV."""
+"""`run.py eval --compare`: runs grouped by config, a side-by-side table with IQM, learning,
+forgetting and BWT intervals, CSV; runs written before episode returns were kept still compare."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from envs.registry import score_bounds
 from eval.compare import compare_runs
-from eval.forgetting import write_forgetting
+from eval.evaluate import record_returns
 from train.config import preset
 from tests.conftest import run_cli
 
@@ -18,20 +22,39 @@ NAN = math.nan
 GAMES = ["Pong", "Breakout"]
 
 
-def make_run(root: Path, hns, seed: int = 1, core: str = "lstm", learning: str = "tbptt",
-             games=GAMES, stage_games=GAMES) -> Path:
-    """A run dir with the smoke preset's config.json (seed/model changed) and a hand-made forgetting.json.
+def write_run(root: Path, episode_hns, seed: int = 1, core: str = "lstm", learning: str = "tbptt",
+              games=GAMES, stage_games=GAMES, keep_episodes: bool = True) -> Path:
+    """A run dir with the smoke preset's config.json (seed/model/games changed) and a forgetting.json
+    written by ``record_returns`` from episode scores.
 
-    ``hns`` are the rows after each stage; the before-training row is all zeros.
+    ``episode_hns`` ``[S + 1, G, K]`` are the HNS of each cell's episodes (row 0 before training),
+    turned into raw returns; a NaN cell was not evaluated. ``keep_episodes=False`` writes the file
+    as versions before ``episode_returns`` did (no such key).
     """
     cfg = preset("smoke")
     cfg.seed, cfg.model.core, cfg.model.learning = seed, core, learning
     cfg.env.games = list(stage_games)
     root.mkdir(parents=True)
     (root / "config.json").write_text(cfg.to_json())
-    hns = np.vstack([np.zeros((1, len(games))), np.asarray(hns, dtype=np.float64)])  # before training: 0
-    write_forgetting(root / "eval", list(games), list(stage_games), hns * 10.0, hns)
+    bounds = np.array([score_bounds(g) for g in games])  # [G, 2]: random, human
+    raw = bounds[None, :, :1] + np.asarray(episode_hns, dtype=np.float64) * (bounds[:, 1:] - bounds[:, :1])[None]
+    returns = raw.mean(axis=2)  # [S + 1, G]
+    episodes = [[None if math.isnan(m) else cell.tolist() for m, cell in zip(mrow, row)]
+                for mrow, row in zip(returns, raw)]
+    record_returns(root / "eval", list(games), list(stage_games), returns, episodes)
+    if not keep_episodes:
+        path = root / "eval" / "forgetting.json"
+        doc = json.loads(path.read_text())
+        del doc["episode_returns"]
+        path.write_text(json.dumps(doc))
     return root
+
+
+def make_run(root: Path, hns, spread: float = 0.0, **kwargs) -> Path:
+    """:func:`write_run` with ``hns`` the rows after each stage (before training: all zeros) and two
+    episodes per cell, at each score ``-+ spread``."""
+    hns = np.vstack([np.zeros((1, len(kwargs.get("games", GAMES)))), np.asarray(hns, dtype=np.float64)])
+    return write_run(root, hns[:, :, None] + np.array([-spread, spread]), **kwargs)
 
 
 @pytest.fixture
@@ -66,9 +89,26 @@ def test_groups_by_config_and_matches_hand_computation(runs, capsys):
     assert rows["iqm_low"][0] < rows["iqm_high"][0]
     # One seed: the interval collapses to the point and the note says why.
     assert rows["iqm_low"][1] == rows["iqm_high"][1] == pytest.approx(0.4)
-    assert rows["note"] == ["", "1 seed: interval degenerate"]
+    # Learning (stage end minus before, every episode equal): lstm Pong 0.5 and 0.6 over the two
+    # seeds, so the replicates are 0.5, 0.55 or 0.6 and the interval is [0.5, 0.6]; Breakout
+    # (stage 2) 0.8 and 0.6; elstm's one seed collapses.
+    assert rows["learning/Pong"] == pytest.approx([0.55, 0.3])
+    assert rows["learning_low/Pong"] == pytest.approx([0.5, 0.3])
+    assert rows["learning_high/Pong"] == pytest.approx([0.6, 0.3])
+    assert rows["learning/Breakout"] == pytest.approx([0.7, 0.5])
+    assert rows["learning_low/Breakout"] == pytest.approx([0.6, 0.5])
+    assert rows["learning_high/Breakout"] == pytest.approx([0.8, 0.5])
+    assert rows["learned/Pong"] == rows["learned/Breakout"] == ["yes", "yes"]
+    # Forgetting and BWT over the seeds: {0.3, 0.2} -> [0.2, 0.3]; one seed: degenerate.
+    assert rows["mean_forgetting_low"] == pytest.approx([0.2, 0.0])
+    assert rows["mean_forgetting_high"] == pytest.approx([0.3, 0.0])
+    assert rows["bwt_low"] == pytest.approx([-0.3, 0.0]) and rows["bwt_high"] == pytest.approx([-0.2, 0.0])
+    assert rows["note"] == ["", "1 seed: interval degenerate over seeds"]
     out = capsys.readouterr().out
     assert lstm in out and "0.500 [" in out and "1 seed: interval degenerate" in out
+    assert "learning Pong [95% CI]" in out and "0.550 [0.500, 0.600] yes" in out
+    assert "mean forgetting [95% CI]" in out and "0.250 [0.200, 0.300]" in out
+    assert "BWT [95% CI]" in out and "-0.250 [-0.300, -0.200]" in out
     assert result["csv"] == runs[0] / "eval" / "compare.csv" and result["csv"].exists()
 
 
@@ -92,7 +132,61 @@ def test_cli_writes_csv_that_reads_back(runs, tmp_path):
     assert [float(x) for x in rows["bwt"]] == pytest.approx([-0.25, 0.0])
     low, high = float(rows["iqm_low"][0]), float(rows["iqm_high"][0])
     assert low <= 0.5 <= high
-    assert rows["note"] == ["", "1 seed: interval degenerate"]
+    assert rows["note"] == ["", "1 seed: interval degenerate over seeds"]
+    assert [float(x) for x in rows["learning/Pong"]] == pytest.approx([0.55, 0.3])
+    assert rows["learned/Breakout"] == ["yes", "yes"]
+    assert [float(x) for x in rows["mean_forgetting_low"]] == pytest.approx([0.2, 0.0])
+    assert [float(x) for x in rows["bwt_high"]] == pytest.approx([-0.2, 0.0])
+
+
+THREE = ["Pong", "Breakout", "Qbert"]
+
+
+def _three_game_seed(root: Path, seed: int) -> Path:
+    """One seed of a 3-game run with 8 noisy episodes per cell (HNS sd 0.3): Pong gains 1.0 HNS in
+    its stage, Breakout nothing (the negative control), Qbert loses 1.0."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([[0.0, 0.2, 1.0],  # before training
+                       [1.0, 0.2, 1.0],  # after stage 1 (Pong)
+                       [0.5, 0.2, 1.0],  # after stage 2 (Breakout): the same level as before
+                       [0.4, 0.2, 0.0]])  # after stage 3 (Qbert)
+    return write_run(root, levels[:, :, None] + 0.3 * rng.normal(size=(4, 3, 8)), seed=seed,
+                     games=THREE, stage_games=THREE)
+
+
+def test_three_seeds_learning_rows_tell_gain_from_none_and_loss(tmp_path):
+    runs = [_three_game_seed(tmp_path / f"s{seed}", seed) for seed in (1, 2, 3)]
+    rows = dict(compare_runs(runs, reps=2000)["rows"])
+    assert rows["seeds"] == [3]
+    assert rows["learned/Pong"] == ["yes"] and rows["learning_low/Pong"][0] > 0.0
+    assert rows["learned/Breakout"] == ["unclear"]
+    assert rows["learning_low/Breakout"][0] < 0.0 < rows["learning_high/Breakout"][0]
+    assert rows["learned/Qbert"] == ["worse"] and rows["learning_high/Qbert"][0] < 0.0
+    for game in THREE:
+        low, point, high = (rows[f"{k}/{game}"][0] for k in ("learning_low", "learning", "learning_high"))
+        assert low < point < high
+    # Forgetting is defined for Pong and Breakout, BWT for stages 1 and 2: each seed has one; the
+    # interval over the three seeds holds their mean.
+    assert rows["mean_forgetting_low"][0] <= rows["mean_forgetting"][0] <= rows["mean_forgetting_high"][0]
+    assert rows["bwt_low"][0] <= rows["bwt"][0] <= rows["bwt_high"][0]
+    assert rows["mean_forgetting_low"][0] < rows["mean_forgetting_high"][0]
+    assert rows["note"] == [""]
+
+
+def test_runs_without_episode_returns_still_compare_and_are_left_out_of_learning(tmp_path, capsys):
+    old = make_run(tmp_path / "old", [[0.5, 0.1], [0.2, 0.8]], seed=1, keep_episodes=False)
+    rows = dict(compare_runs([old], reps=200)["rows"])
+    assert rows["final_hns/Pong"] == pytest.approx([0.2]) and rows["mean_forgetting"] == pytest.approx([0.3])
+    assert rows["learning/Pong"] == rows["learning_low/Pong"] == rows["learned/Pong"] == [None]
+    assert "no episode returns in old" in rows["note"][0] and "left out of learning" in rows["note"][0]
+    assert re.search(r"learning Pong \[95% CI\] +n/a\n", capsys.readouterr().out)
+    # Beside a seed that kept them, the old one is left out of learning only (and named in the note).
+    new = make_run(tmp_path / "new", [[0.6, 0.3], [0.4, 0.6]], seed=2, spread=0.1)
+    rows = dict(compare_runs([old, new], reps=200)["rows"])
+    assert rows["seeds"] == [2] and rows["mean_forgetting"] == pytest.approx([0.25])
+    assert rows["learning/Pong"] == pytest.approx([0.6]) and rows["learning/Breakout"] == pytest.approx([0.6])
+    assert rows["learning_low/Pong"][0] < 0.6 < rows["learning_high/Pong"][0]  # episode noise only
+    assert rows["note"][0].startswith("no episode returns in old (")
 
 
 def test_cli_rejects_runs_with_different_games(runs, tmp_path):

@@ -16,6 +16,7 @@ from envs.registry import normalized_score, score_bounds
 from eval.curves import (
     eval_point,
     load_reference,
+    matrix_episodes,
     matrix_returns,
     read_curves,
     reference_forward_transfer,
@@ -66,6 +67,17 @@ def test_matrix_is_the_before_point_then_the_stage_points():
     np.testing.assert_allclose(returns, [HISTORY[0]["returns"], HISTORY[2]["returns"], HISTORY[4]["returns"]])
     with pytest.raises(ValueError, match="before"):
         matrix_returns(HISTORY[1:], 2)
+
+
+def test_matrix_episodes_are_the_matrix_points_episodes_and_none_for_older_points():
+    with_episodes = [eval_point(p["frames"], p["stage"], p["kind"], p["returns"],
+                                [[r - 1.0, r + 1.0] for r in p["returns"]]) for p in HISTORY]
+    cells = matrix_episodes(with_episodes, 2)
+    assert cells == [[[r - 1.0, r + 1.0] for r in p["returns"]] for p in (HISTORY[0], HISTORY[2], HISTORY[4])]
+    # A history saved before points kept their episodes (a resumed older run) has None cells there.
+    assert matrix_episodes(HISTORY[:3] + with_episodes[3:], 2) == [[None, None], [None, None], cells[2]]
+    with pytest.raises(ValueError, match="one list per game"):
+        eval_point(0, 0, "before", [1.0, 2.0], [[1.0]])
 
 
 def test_stage_spans_run_from_the_previous_stage_end_to_the_latest_point():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.forgetting import compute_metrics, read_forgetting, write_forgetting
+from eval.forgetting import compute_metrics, read_episode_returns, read_forgetting, write_forgetting
 from common.errors import UserError
 
 NAN = math.nan
@@ -161,6 +161,36 @@ def test_json_round_trips_with_the_contract_schema_and_nulls(tmp_path):
     raw = (tmp_path / "eval" / "forgetting.json").read_text()
     assert "NaN" not in raw and "null" in raw
     json.loads(raw)
+
+
+def test_episode_returns_round_trip_with_null_cells_and_failed_episodes(tmp_path):
+    # Two episodes per cell around each mean; Qbert after stage 1 was not evaluated (a null cell)
+    # and one of Pong's final episodes failed (a null episode).
+    doc, returns, hns = _write_with_a_gap(tmp_path)
+    episodes = [[None if math.isnan(r) else [r - 1.0, r + 1.0] for r in row] for row in returns]
+    episodes[3][0] = [returns[3, 0], NAN]
+    doc = write_forgetting(tmp_path / "eval", GAMES, GAMES, returns, hns, episodes)
+    back = read_forgetting(tmp_path / "eval")
+    assert back == doc and back["episode_returns"][1][2] is None
+    assert back["episode_returns"][3][0] == [returns[3, 0], None]
+    assert back["episode_returns"][2][1] == [returns[2, 1] - 1.0, returns[2, 1] + 1.0]
+    cells = read_episode_returns(back)
+    assert cells[1][2] is None
+    np.testing.assert_array_equal(cells[3][0], [returns[3, 0], NAN])
+    np.testing.assert_array_equal(cells[0][2], [returns[0, 2] - 1.0, returns[0, 2] + 1.0])
+    with pytest.raises(ValueError, match="episode_returns"):
+        write_forgetting(tmp_path / "eval", GAMES, GAMES, returns, hns, episodes[1:])
+
+
+def test_a_file_without_episode_returns_still_reads(tmp_path):
+    _write_with_a_gap(tmp_path)
+    assert read_episode_returns(read_forgetting(tmp_path / "eval")) == [[None] * 3] * 4  # none given
+    path = tmp_path / "eval" / "forgetting.json"
+    old = json.loads(path.read_text())
+    del old["episode_returns"]  # a file from before the field existed
+    path.write_text(json.dumps(old))
+    back = read_forgetting(tmp_path / "eval")
+    assert back["returns"] == old["returns"] and read_episode_returns(back) is None
 
 
 def test_csv_has_one_row_per_stage_with_return_and_hns_per_game(tmp_path):

@@ -13,6 +13,7 @@ from eval.metrics import (
     first_stages,
     iqm,
     stratified_bootstrap_ci,
+    two_level_bootstrap_difference_ci,
     zero_shot_forward_transfer,
 )
 
@@ -256,3 +257,61 @@ def test_bootstrap_drops_nan_entries_and_rejects_all_nan():
     assert low <= point <= high
     with pytest.raises(ValueError, match="no finite"):
         stratified_bootstrap_ci(np.full((3, 2), NAN))
+
+
+# ---------------------------------------------------------------- two-level bootstrap of a difference
+
+
+def test_two_level_interval_collapses_to_the_point_when_every_episode_and_seed_agree():
+    # Three seeds, each +1 after (episodes all 1) over before (all 0): nothing to resample.
+    point, low, high = two_level_bootstrap_difference_ci([[1.0] * 4] * 3, [[0.0] * 5] * 3, reps=500)
+    assert (point, low, high) == (1.0, 1.0, 1.0)
+
+
+def test_two_level_interval_with_equal_episodes_is_the_seed_level_bootstrap():
+    # Episodes equal within each cell; the seeds' differences are 1, 2, 3 (point 2). A replicate is
+    # the mean of 3 seeds drawn with replacement: all 1 (or all 3) with probability 1/27 > 2.5%,
+    # so the 95% interval is exactly [1, 3].
+    after = [[1.0] * 4, [2.0] * 4, [3.0] * 4]
+    assert two_level_bootstrap_difference_ci(after, [[0.0] * 5] * 3, reps=2000) == (2.0, 1.0, 3.0)
+
+
+def test_two_level_interval_with_one_seed_is_the_episode_level_bootstrap():
+    # One seed: after episodes {0, 1}, before {0}. A replicate is the mean of 2 draws from {0, 1}:
+    # 0 or 1 with probability 1/4 each, so the interval is [0, 1] around the point 0.5.
+    assert two_level_bootstrap_difference_ci([[0.0, 1.0]], [[0.0]], reps=2000) == (0.5, 0.0, 1.0)
+
+
+def _episodes(loc: float, seeds: int = 3, k: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """``[seeds]`` arrays ``[k]`` of episode scores around ``loc`` (seed offsets plus episode noise)."""
+    rng = np.random.default_rng(seed)
+    return [loc + 0.05 * rng.normal() + 0.3 * rng.normal(size=k) for _ in range(seeds)]
+
+
+def test_two_level_interval_excludes_zero_for_a_clear_gain_and_holds_it_for_none():
+    point, low, high = two_level_bootstrap_difference_ci(_episodes(1.0, seed=1), _episodes(0.0, seed=2))
+    assert 0.0 < low < point < high
+    # The negative control: both evaluations from one distribution.
+    point, low, high = two_level_bootstrap_difference_ci(_episodes(0.0, seed=3), _episodes(0.0, seed=4))
+    assert low < 0.0 < high and low < point < high
+
+
+def test_two_level_point_is_the_mean_of_per_seed_differences_of_means():
+    after, before = [[1.0, 2.0, 6.0], [0.0]], [[1.0], [2.0, 4.0]]
+    point, low, high = two_level_bootstrap_difference_ci(after, before, reps=300, seed=3)
+    assert point == pytest.approx(((3.0 - 1.0) + (0.0 - 3.0)) / 2)
+    assert low <= point <= high
+    assert two_level_bootstrap_difference_ci(after, before, reps=300, seed=3) == (point, low, high)
+    assert two_level_bootstrap_difference_ci(after, before, reps=300, seed=4) != (point, low, high)
+
+
+def test_two_level_drops_failed_episodes_and_seeds_without_any():
+    # Seed 2 has no finite before episode: left out; seed 1's NaN episode is dropped.
+    point, low, high = two_level_bootstrap_difference_ci([[2.0, NAN, 2.0], [5.0]], [[1.0], [NAN]], reps=200)
+    assert (point, low, high) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="no seed"):
+        two_level_bootstrap_difference_ci([[NAN]], [[1.0]])
+    with pytest.raises(ValueError, match="same seeds"):
+        two_level_bootstrap_difference_ci([[1.0]], [[1.0], [2.0]])
+    with pytest.raises(ValueError, match="1-D"):
+        two_level_bootstrap_difference_ci([[[1.0]]], [[1.0]])

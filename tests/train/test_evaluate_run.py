@@ -60,6 +60,12 @@ def test_eval_recomputes_every_file_from_stage_checkpoints(run, tmp_path):
     assert doc["games"] == GAMES and doc["stages"] == ["before", "1:Pong", "2:Breakout"]
     # Same parameters, evaluation seeds and episodes as in training: the same matrix, before row included.
     assert doc["returns"] == recorded["returns"] and doc["hns"] == recorded["hns"]
+    # Training kept every cell's episodes, and the re-evaluation gives the same ones.
+    episodes = preset("smoke").eval.episodes
+    assert [[len(cell) for cell in row] for row in recorded["episode_returns"]] == [[episodes] * 2] * 3
+    assert doc["episode_returns"] == recorded["episode_returns"]
+    assert [[sum(cell) / len(cell) for cell in row] for row in doc["episode_returns"]] == \
+        [[pytest.approx(r) for r in row] for row in doc["returns"]]
     assert (run / "eval" / "curves.csv").read_bytes() == curves_csv
     # Forward transfer: Breakout against its reference, from the recorded curve; Pong has no reference.
     history = read_curves(run / "eval", GAMES)

@@ -84,6 +84,11 @@ def test_evaluation_curve_points_match_the_schedule_and_tensorboard(smoke_run):
     # The matrix rows are the before and stage points.
     doc = json.loads((smoke_run / "eval" / "forgetting.json").read_text())
     assert doc["returns"] == [p["returns"] for p in points if p["kind"] != "periodic"]
+    # The checkpoint's history keeps each point's episodes (one per game in the smoke preset), and
+    # forgetting.json those of the matrix rows.
+    history = CheckpointManager(smoke_run).load_latest()["progress"]["evaluations"]
+    assert [[len(cell) for cell in p["episodes"]] for p in history] == [[1, 1]] * len(SMOKE_EVALS)
+    assert doc["episode_returns"] == [p["episodes"] for p in history if p["kind"] != "periodic"]
     acc = _scalars(smoke_run)
     for j, game in enumerate(["Pong", "Breakout"]):
         logged = acc.Scalars(f"eval/return/{game}")
