@@ -12,14 +12,16 @@ from torch import nn
 from agent.config import ModelConfig
 from agent.cores import Collectives, Core, State, make_core
 from agent.encoders import make_encoder
-from envs.registry import GAMES, action_masks, game_id
+from envs.atari import OBS_SHAPE
+from envs.registry import GAMES, action_masks, game_id, observation_shape
 
 
 @dataclass
 class Inputs:
     """One rollout's network inputs, time first.
 
-    frames: uint8 [T, B, 4, 84, 84]. prev_action: int64 [T, B], the action taken before frame t
+    frames: uint8 [T, B, *obs_shape] observations ([T, B, 4, 84, 84] frame stacks, or the T-maze's
+    [T, B, 1, K + 2] indicators). prev_action: int64 [T, B], the action taken before frame t
     (0 at an episode start). reward: float [T, B], the clipped reward that arrived with frame t.
     first: bool [T, B], frame t starts an episode (the core state is reset before it).
     game_id: int64 [T, B], the game of frame t (``envs.registry``): masks the actions that game
@@ -40,14 +42,16 @@ MASKED_LOGIT = -1e9
 class ActorCritic(nn.Module):
     def __init__(self, cfg: ModelConfig, num_actions: int, games: list[str] | None = None, action_set: str = "full",
                  collectives: Collectives | None = None):
-        """``games``: the run's schedule (game names in stage order); the MoE core routes and counts by it.
+        """``games``: the run's schedule (game names in stage order); the MoE core routes and counts by it,
+        and its observation shape sizes the encoder's input (None: 4 x 84 x 84 frames).
         ``action_set``: ``full`` or ``minimal`` (``envs.registry.action_masks``): the actions each game's
         logits keep; the others are masked in acting, learning and evaluation alike. ``collectives``:
         the ranks of a data-parallel run, for the MoE core (None: this process alone)."""
         super().__init__()
 
         self.num_actions = num_actions
-        self.encoder = make_encoder(cfg.encoder, cfg.hidden_size)
+        obs_shape = OBS_SHAPE if games is None else observation_shape(games[0])
+        self.encoder = make_encoder(cfg.encoder, cfg.hidden_size, obs_shape)
         schedule = None if games is None else [game_id(g) for g in games]
         self.core: Core = make_core(cfg, cfg.hidden_size + 1 + num_actions, schedule, len(GAMES), collectives)
         self.policy = nn.Linear(self.core.output_size, num_actions)

@@ -38,7 +38,7 @@ import torch
 from agent.model import ActorCritic
 from common.device import resolve_device
 from envs.atari import FRAME_SKIP, NUM_ACTIONS
-from envs.memory import MEMORY_TASKS
+from envs.memory import MEMORY_EXAMPLES
 from envs.registry import make_env
 from storage.run_dir import RunDir
 from train import tags
@@ -68,7 +68,7 @@ def run(seconds: float) -> dict:
         "device": str(device), "warmup_seconds": WARMUP_SECONDS, "seconds": seconds,
     }
     rows = [_env_random(cfg, seconds), _actor_only(cfg, device, seconds), _train(cfg, device, seconds)]
-    rows += [_memory_env(game, seconds) for game in MEMORY_TASKS]
+    rows += [_memory_env(game, seconds) for game in MEMORY_EXAMPLES]
     notes = ["train: env+act run on the actor thread, learn+wait on the learner thread, so they overlap",
              f"memory_<task>: the task alone, batch {MEMORY_BATCH}, random actions, 1 thread; "
              "agent_steps_per_cpu_s = per core, also on a shared machine"]

@@ -3,6 +3,8 @@
 A game's id is its index in :data:`GAMES`, the same in every run, so a checkpoint's game ids (and
 later the detector's labels) mean the same thing everywhere. The 57 Atari games come first (ids
 0-56), the memory tasks of :mod:`envs.memory` after them, so adding tasks never renumbers a game.
+Parametrised names (``tmaze-100``, ``tmaze-100-k4``) are games too: each takes the id of its family's
+entry (``tmaze-D``, ``tmaze-D-k4``), so every delay of a K-exit T-maze shares one id.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import difflib
 import numpy as np
 
 from common.errors import UserError
-from envs.atari import NUM_ACTIONS, AtariVecEnv
+from envs.atari import NUM_ACTIONS, OBS_SHAPE, AtariVecEnv
 from envs.atari_data import ATARI_GAMES, HUMAN_SCORES, MINIMAL_ACTIONS, RANDOM_SCORES
-from envs.memory import MEMORY_TASKS, make_memory_env
+from envs.memory import MEMORY_TASKS, id_name, make_memory_env, memory_task, tmaze
 from envs.memory.base import MemoryVecEnv
 
 GAMES: tuple[str, ...] = ATARI_GAMES + tuple(MEMORY_TASKS)
@@ -22,12 +24,18 @@ GAMES: tuple[str, ...] = ATARI_GAMES + tuple(MEMORY_TASKS)
 
 
 def game_id(game: str) -> int:
-    """The stable integer id of a canonical game name."""
-    return GAMES.index(game)
+    """The stable integer id of a canonical game name (a T-maze's: its family's)."""
+    return GAMES.index(id_name(game))
 
 
 def resolve_game(name: str) -> str:
-    """Canonical name for ``name`` (case and ``-``/``_`` insensitive); UserError with suggestions otherwise."""
+    """Canonical name for ``name`` (case and ``-``/``_`` insensitive); UserError with suggestions otherwise.
+
+    T-maze names are parsed (``tmaze-0``, ``tmaze-abc`` or a family name ``tmaze-D`` are refused).
+    """
+    spec = tmaze.parse(name)
+    if spec is not None:
+        return tmaze.name(*spec)
     key = _key(name)
     for game in GAMES:
         if _key(game) == key:
@@ -53,8 +61,9 @@ def score_bounds(game: str) -> tuple[float, float]:
     """
     if game in RANDOM_SCORES:
         return RANDOM_SCORES[game], HUMAN_SCORES[game]
-    if game in MEMORY_TASKS:
-        return MEMORY_TASKS[game].random_score, MEMORY_TASKS[game].oracle_score
+    task = memory_task(game)
+    if task is not None:
+        return task.random_score, task.oracle_score
     raise ValueError(f"no score bounds for {game!r}")
 
 
@@ -66,7 +75,20 @@ def normalized_score(game: str, score: float) -> float:
 
 def num_actions(game: str) -> int:
     """Actions ``game`` takes: the first ``num_actions(game)`` of the shared policy head (18 for Atari)."""
-    return MEMORY_TASKS[game].num_actions if game in MEMORY_TASKS else NUM_ACTIONS
+    task = memory_task(game)
+    return NUM_ACTIONS if task is None else task.num_actions
+
+
+def observation_shape(game: str) -> tuple[int, ...]:
+    """One stream's uint8 observation shape in ``game``: (4, 84, 84) frame stacks, or a T-maze's (1, K + 2)."""
+    task = memory_task(game)
+    return OBS_SHAPE if task is None else task.obs_shape
+
+
+def min_episode_steps(game: str) -> int:
+    """The shortest ``--max-episode-steps`` with which ``game`` stays solvable (1 for most; a T-maze's D + 2)."""
+    task = memory_task(game)
+    return 1 if task is None else task.min_episode_steps
 
 
 ACTION_SETS = ("full", "minimal")
@@ -97,7 +119,7 @@ def make_env(game: str, num_envs: int, seed: int, backend: str = "envpool", stic
     Memory tasks ignore ``backend`` and ``sticky_action_prob`` (DMLab has no sticky actions) and
     run episodes of their own length, cut to ``max_episode_steps`` when that is shorter.
     """
-    if game in MEMORY_TASKS:
+    if memory_task(game) is not None:
         return make_memory_env(game, game_id(game), num_envs, seed, max_episode_steps, num_threads)
     return AtariVecEnv(game, game_id(game), num_envs, seed, backend, sticky_action_prob, max_episode_steps, num_threads)
 

@@ -89,7 +89,7 @@ def test_games_lists_the_57_atari_games_and_the_memory_tasks_with_their_score_bo
 
     proc = run_cli("games", check=True)
     lines = [line for line in proc.stdout.splitlines()[1:] if line.strip()]
-    assert [line.split()[0] for line in lines] == list(GAMES) and len(GAMES) == 57 + 4
+    assert [line.split()[0] for line in lines] == list(GAMES) and len(GAMES) == 57 + 4 + 3  # + tmaze-D[-k3|-k4]
     pong = next(line for line in lines if line.startswith("Pong "))
     assert pong.split()[1:3] == ["-20.7", "14.6"] and "human" in pong
     assert "oracle" in next(line for line in lines if line.startswith("watermaze"))

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import ModelConfig
+from agent.encoders import ENCODERS, check_encoder
 from common.errors import UserError
 from common.fields import field_help
 from common.memory import check_fits
 from envs.atari import FRAME_SKIP, NUM_ACTIONS, OBS_SHAPE
 from envs.config import EnvConfig
+from envs.registry import min_episode_steps
 from eval.config import EvalConfig
 from storage.config import StoreConfig
 
@@ -168,7 +170,7 @@ class RunConfig:
             raise UserError("--games is empty; give at least one game, e.g. --games Pong,Breakout")
         choices = {
             "--env-backend": (self.env.backend, ("envpool", "gymnasium")),
-            "--encoder": (self.model.encoder, ("nature", "resnet")),
+            "--encoder": (self.model.encoder, ENCODERS),
             "--core": (self.model.core, ("lstm", "elstm", "moe")),
             "--routing": (self.model.routing, ("learned", "game")),
             "--learning": (self.model.learning, ("tbptt", "rtrl")),
@@ -196,7 +198,20 @@ class RunConfig:
             raise UserError(f"--prefetch {self.store.prefetch} prefetches MoE experts: it needs --core moe")
         if self.model.core == "moe":
             self._validate_moe()
+        self._validate_observations()
         self._check_memory()
+
+    def _validate_observations(self) -> None:
+        """The encoder must read every game's observations; the episode cap must leave every game solvable."""
+        shape = check_encoder(self.model.encoder, self.env.games)
+        if self.model.core == "moe" and shape != OBS_SHAPE:
+            raise UserError(f"--core moe runs a game detector on 84 x 84 frames; {self.env.games[0]} has none: "
+                            "use --core elstm or lstm")
+        for game in self.env.games:
+            need = min_episode_steps(game)
+            if self.env.max_episode_steps < need:
+                raise UserError(f"{game}'s episode is {need} steps; --max-episode-steps {self.env.max_episode_steps} "
+                                f"would cut it before its end: raise it to at least {need}")
 
     def _check_memory(self) -> None:
         """Refuse sizes whose memory, estimated from below before anything is allocated, exceeds the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.encoders import check_encoder
 from agent.model import ActorCritic
 from common.device import resolve_device
 from common.errors import UserError
@@ -60,6 +61,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
                         f"parameters) to at most stage_{len(cfg.env.games):03d}.pt without gaps")
     schedule_columns = eval_columns(cfg.env.games)
     columns = games or schedule_columns
+    check_encoder(cfg.model.encoder, cfg.env.games + columns)  # the run's encoder reads only its own kind
     # Checked before the (long) evaluation, so that a bad reference fails at once.
     references = _load_references(reference_runs or [], schedule_columns)
     history = read_curves(rd.eval, schedule_columns) if (rd.eval / CSV_NAME).exists() or references else None

@@ -3,7 +3,8 @@
 :class:`MemoryVecEnv` follows :class:`envs.atari.AtariVecEnv` exactly, so the actor, learner and
 evaluation run unchanged: ``reset()`` / ``step(actions)`` return an :class:`envs.atari.EnvStep`
 with uint8 [B, 4, 84, 84] observations (the last 4 views, oldest first; an episode's first
-observation repeats its first view), raw rewards, ``terminated`` / ``truncated``, ``first`` and the
+observation repeats its first view; a task may choose other views and stack depth, e.g. the T-maze's
+uint8 [B, 1, K + 2] indicators), raw rewards, ``terminated`` / ``truncated``, ``first`` and the
 finished episodes' (return, length). Auto-reset is envpool's "next step" mode: the step after an
 episode's end returns the first observation of a new episode with reward 0, ignoring its action.
 
@@ -37,15 +38,19 @@ class MemoryVecEnv:
 
     Subclasses implement :meth:`_new_episodes` (start episodes in the given streams),
     :meth:`_apply` (take the actions of the given streams, return their rewards) and
-    :meth:`_views` (uint8 [B, 84, 84] current views), or override :meth:`_advance` to step all
+    :meth:`_views` (uint8 [B, *view_shape] current views, [B, 84, 84] by default), or override :meth:`_advance` to step all
     streams at once (a wrapped envpool). They draw randomness only from ``self.rng``,
-    so a seed fixes every episode given the same actions.
+    so a seed fixes every episode given the same actions. Observations are uint8
+    [B, stack, *view_shape] (:attr:`obs_shape` per stream): the last ``stack`` views, oldest first.
     """
 
     num_actions: int = NUM_MOVES
 
-    def __init__(self, game: str, game_id: int, num_envs: int, seed: int, episode_steps: int):
+    def __init__(self, game: str, game_id: int, num_envs: int, seed: int, episode_steps: int,
+                 view_shape: tuple[int, ...] = (VIEW, VIEW), stack: int = STACK):
         self.game = game
+        self.obs_shape = (stack, *view_shape)
+        """Shape of one stream's observation: ``stack`` views of ``view_shape``."""
         self.num_envs = num_envs
         self.episode_steps = episode_steps
         self.rng = np.random.default_rng(seed)
@@ -53,7 +58,7 @@ class MemoryVecEnv:
         self._t = np.zeros(num_envs, dtype=np.int64)
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._ended = np.zeros(num_envs, dtype=bool)
-        self._obs = np.zeros((num_envs, STACK, VIEW, VIEW), dtype=np.uint8)
+        self._obs = np.zeros((num_envs, *self.obs_shape), dtype=np.uint8)
 
     # The protocol -------------------------------------------------------------------------------
 
@@ -64,7 +69,7 @@ class MemoryVecEnv:
         self._t[:] = 0
         self._returns[:] = 0.0
         self._ended[:] = False
-        self._obs = np.repeat(self._views()[:, None], STACK, axis=1)
+        self._obs = np.repeat(self._views()[:, None], self.obs_shape[0], axis=1)
         zeros = np.zeros(B, dtype=bool)
         return EnvStep(self._obs, np.zeros(B, np.float32), zeros, zeros.copy(), np.ones(B, dtype=bool),
                        self._game_id.copy(), [])

@@ -1,7 +1,8 @@
 """Reference agents that make learning curves readable: uniform random, and a scripted oracle.
 
 The oracle knows the hidden state (the platform, the goal, which object is new) and walks a
-shortest path in pose space (cell x heading, actions forward / left / right) to its target. Its
+shortest path in pose space (cell x heading, actions forward / left / right) to its target; in the
+T-maze it takes the cued exit (``TMaze.oracle_actions``). Its
 score is the best a perfect memory can do, not what is achievable from the first view: the first
 find of a watermaze episode needs a search that the oracle skips.
 
@@ -15,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from envs.memory import MEMORY_TASKS, make_memory_env
+from envs.memory import MEMORY_EXAMPLES, make_memory_env, memory_task
 from envs.memory.base import FORWARD
 from envs.memory.raycast import DC, DR
 
@@ -71,10 +72,13 @@ class Oracle:
 
 def episode_scores(game: str, agent: str, episodes: int, seed: int) -> np.ndarray:
     """Returns [episodes] of ``agent`` (``random`` or ``oracle``) on memory task ``game``, one episode per stream."""
-    task = MEMORY_TASKS[game]
+    task = memory_task(game)
     env = make_memory_env(game, 0, episodes, seed, task.episode_steps)  # the game id plays no part in a score
     rng = np.random.default_rng(seed)
-    act = Oracle(env) if agent == "oracle" else lambda: rng.integers(0, env.num_actions, env.num_envs)
+    if agent == "oracle":
+        act = env.oracle_actions if hasattr(env, "oracle_actions") else Oracle(env)
+    else:
+        act = lambda: rng.integers(0, env.num_actions, env.num_envs)  # noqa: E731
     returns = np.full(episodes, np.nan)
     env.reset()
     while np.isnan(returns).any():
@@ -90,9 +94,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=64, help="episodes per task and agent")
     parser.add_argument("--seed", type=int, default=0, help="env and random-agent seed")
     args = parser.parse_args()
-    for game in MEMORY_TASKS:
+    for game in MEMORY_EXAMPLES:
+        make = memory_task(game).make
+        env_class = getattr(make, "func", make)  # a T-maze's make is a functools.partial
         for agent in ("random", "oracle"):
-            if agent == "oracle" and not hasattr(MEMORY_TASKS[game].make, "oracle_problem"):
+            if agent == "oracle" and not any(hasattr(env_class, a) for a in ("oracle_problem", "oracle_actions")):
                 continue
             s = episode_scores(game, agent, args.episodes, args.seed)
             print(f"{game:<16} {agent:<7} mean {s.mean():8.2f}  std {s.std():7.2f}  (n={len(s)})", flush=True)

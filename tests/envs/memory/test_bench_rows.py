@@ -7,7 +7,7 @@ import pytest
 from bench.throughput import MEMORY_BATCH, _memory_env, format_table
 
 
-@pytest.mark.parametrize("game", ["watermaze", "minigrid_memory"])
+@pytest.mark.parametrize("game", ["watermaze", "minigrid_memory", "tmaze-100"])
 def test_memory_row_reports_consistent_rates_at_batch_64_on_one_thread(game):
     row = _memory_env(game, seconds=0.3)
     assert row["name"] == f"memory_{game}" and row["num_envs"] == MEMORY_BATCH == 64 and row["threads"] == 1
