@@ -31,7 +31,7 @@ def test_throughput_has_the_pipeline_and_memory_task_rows_with_positive_finite_r
     rows = {row["name"]: row for row in throughput["rows"]}
     assert list(rows)[:3] == ["env_random", "actor_only", "train"]
     assert sorted(list(rows)[3:]) == ["memory_goal_locations", "memory_minigrid_memory", "memory_nonmatching",
-                                      "memory_watermaze"]
+                                      "memory_tmaze-100", "memory_watermaze"]
     for row in rows.values():
         for key in ("agent_steps_per_s", "frames_per_s", "seconds"):
             assert math.isfinite(row[key]) and row[key] > 0, (row["name"], key)
