@@ -315,8 +315,9 @@ def _preset_cpu() -> RunConfig:
 
 
 CPU_GAMES = ("Breakout", "Krull", "DemonAttack")
-"""The cpu preset's games: each learns within its stage on 2 cores, and they look different (the
-detector has something to detect). Chosen by a screen of candidates (docs/results.md)."""
+"""The cpu preset's games, which look different (the detector has something to detect). Breakout and
+Krull learned in a screen of candidates on 2 cores; DemonAttack, flat over the screen's 0.4M frames,
+was taken from the literature and is not yet confirmed by a run (docs/results.md)."""
 
 
 def _preset_cpu_machado() -> RunConfig:
