@@ -189,11 +189,15 @@ def _measure(sampler: Sampler, env, step, seconds: float) -> tuple[dict[str, flo
             start = time.perf_counter()
             while (elapsed := time.perf_counter() - start) < phase_seconds or n < min_rollouts:
                 rollout, wait, *learn = step()
+                # A rollout queued before the phase began was made before it: the window opens when
+                # the first one consumed began, so both threads' split times fit inside it.
+                start = min(start, rollout.started) if n == 0 else start
                 sums["env"] += rollout.env_time
                 sums["act"] += rollout.act_time
                 sums["wait"] += wait
                 sums["learn"] += learn[0] if learn else 0.0
                 n += 1
+            elapsed = time.perf_counter() - start
     finally:
         try:
             sampler.close()

@@ -59,3 +59,40 @@ def test_unknown_benchmark_is_a_one_line_error_with_exit_code_2():
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nosuch" in lines[0] and "throughput" in lines[0]
+
+
+def test_split_times_fit_the_measured_window_when_a_rollout_was_queued_before_it():
+    """A slow warm-up lets the actor queue its next rollout; the one measured step then takes it at
+    once. Its env and act seconds were spent before that step began, and the window must hold them."""
+    import time
+
+    import torch
+
+    from agent.model import ActorCritic
+    from bench import throughput as tp
+    from envs.atari import NUM_ACTIONS
+    from train.actor import Sampler
+    from train.config import preset
+
+    cfg = preset("smoke")
+    cfg.env.games, cfg.env.num_envs = ["Pong"], 2
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set)
+    env = tp._make_env(cfg, 1)
+    sampler = Sampler(env, model, cfg.learner.rollout_length, cfg.env.reward_clip, torch.device("cpu"),
+                      initial_version=0, seed=cfg.seed)
+    calls = 0
+
+    def step():
+        nonlocal calls
+        rollout, wait = sampler.next()
+        calls += 1
+        sampler.publish(calls, model)
+        if calls <= tp.WARMUP_ROLLOUTS:  # the warm-up: slow enough for the actor to queue a rollout
+            time.sleep(tp.WARMUP_SECONDS / tp.WARMUP_ROLLOUTS + 0.1)
+        return rollout, wait
+
+    sums, n, elapsed = tp._measure(sampler, env, step, seconds=0.0)
+    assert calls == tp.WARMUP_ROLLOUTS + 1 and n == 1
+    assert sums["env"] > 0 and sums["act"] > 0
+    assert sums["env"] + sums["act"] <= elapsed
+    assert sums["wait"] <= elapsed

@@ -35,7 +35,8 @@ class Rollout:
     before / chosen at frame t); behaviour_logits float32 [T+1, B, A]; game_id int64 [T+1, B].
     initial_state: the actor's core state before step 0. episodes: (raw return, length) of the
     episodes that ended inside the rollout. param_version: the parameter version that acted.
-    env_time, act_time: seconds spent stepping envs and running the policy.
+    env_time, act_time: seconds spent stepping envs and running the policy. started: the actor's
+    ``time.perf_counter()`` when it began this rollout's first env step (seconds).
     """
 
     frames: torch.Tensor
@@ -53,6 +54,7 @@ class Rollout:
     param_version: int = 0
     env_time: float = 0.0
     act_time: float = 0.0
+    started: float = 0.0
 
 
 class ParamChannel:
@@ -145,6 +147,7 @@ class Actor(threading.Thread):
         records = [current]
         env_time = act_time = 0.0
         episodes: list[tuple[float, int]] = []
+        started = time.perf_counter()
         for _ in range(T):
             action = records[-1]["action"].cpu().numpy()
             t0 = time.perf_counter()
@@ -168,6 +171,7 @@ class Actor(threading.Thread):
             behaviour_logits=torch.stack([r["logits"] for r in records]).cpu(),
             game_id=stack("game_id"), initial_state=tuple(s.clone() for s in current["state_in"]),
             episodes=episodes, param_version=self.version, env_time=env_time, act_time=act_time,
+            started=started,
         )
         return rollout, records[-1]
 
