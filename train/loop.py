@@ -58,7 +58,7 @@ from train.expert_metrics import usage_png
 from train.experts import CacheWindow, ExpertRun, cache_scalars, checkpoint_store, moe_core, start_experts
 from train.learner import Learner
 from train.logger import Logger
-from train.schedule import crossed, game_at
+from train.schedule import crossed, evaluation_due, game_at
 from train.screen_use import screen_kl
 
 
@@ -235,7 +235,8 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
                 break
             # The periodic evaluation comes before the checkpoint of the same update, so that
             # checkpoint holds its point.
-            if cfg.eval.every and crossed(progress.total_frames, frames_per_update, cfg.eval.every):
+            if cfg.eval.every and evaluation_due(progress.total_frames, frames_per_update, cfg.eval.every,
+                                                 cfg.schedule.frames_per_game - progress.stage_frames):
                 t_eval = time.perf_counter()
                 _evaluate(run, progress, PERIODIC, cache)
                 world.barrier()  # the other ranks wait for rank 0's evaluation here

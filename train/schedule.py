@@ -21,3 +21,11 @@ def game_at(cfg: RunConfig, stage: int, total_frames: int) -> str:
 def crossed(total_frames: int, step: int, every: int) -> bool:
     """Whether the last ``step`` frames, ending at ``total_frames``, crossed a multiple of ``every``."""
     return total_frames // every != (total_frames - step) // every
+
+
+def evaluation_due(total_frames: int, step: int, every: int, stage_left: int) -> bool:
+    """Whether a periodic evaluation falls due after the last ``step`` frames, ending at run frame
+    ``total_frames``: a multiple of ``every`` was crossed, and the stage does not end within the next
+    ``every / 2`` frames (``stage_left``: frames still to train in it), whose stage-end evaluation
+    then stands for it (a stage of 2,500,480 frames would otherwise be evaluated twice, 640 frames apart)."""
+    return crossed(total_frames, step, every) and stage_left >= every / 2

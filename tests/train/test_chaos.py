@@ -43,7 +43,7 @@ from train import tags
 from train.checkpointing import restore
 from train.config import RunConfig
 from train.learner import Learner
-from train.schedule import crossed
+from train.schedule import evaluation_due
 
 KILLS = 30
 SEED = 17
@@ -71,7 +71,7 @@ def _expected_evaluations() -> list[tuple[int, str, int]]:
             total += FPU
             if frames >= FRAMES_PER_GAME:
                 break
-            if crossed(total, FPU, EVAL_EVERY):
+            if evaluation_due(total, FPU, EVAL_EVERY, FRAMES_PER_GAME - frames):
                 out.append((total, "periodic", stage))
         out.append((total, "stage", stage))
     return out

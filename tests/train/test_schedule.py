@@ -14,11 +14,11 @@ from tests.conftest import run_cli
 
 # The smoke preset: 4 envs x 20 steps x frame skip 4 = 320 frames per update, 4,000 frames per stage
 # (13 updates: stages end at 4,160 and 8,320), an evaluation every 2,000 frames. A periodic
-# evaluation is taken at the first update that crosses a multiple of 2,000, unless that update ends
-# the stage (which is evaluated anyway): 2,240 (crossing 2,000), not 4,160 (the end of stage 1),
-# 6,080 and 8,000.
+# evaluation is taken at the first update that crosses a multiple of 2,000, unless the stage ends
+# within 1,000 frames (its stage-end evaluation stands for it): 2,240 (crossing 2,000), not 4,160
+# (the end of stage 1), 6,080, and not 8,000 (320 frames before stage 2 ends at 8,320).
 SMOKE_EVALS = [(0, 0, "before"), (2240, 1, "periodic"), (4160, 1, "stage"), (6080, 2, "periodic"),
-               (8000, 2, "periodic"), (8320, 2, "stage")]
+               (8320, 2, "stage")]
 
 
 def _scalars(run_dir) -> EventAccumulator:
@@ -111,3 +111,15 @@ def test_elstm_rtrl_run_logs_rtrl_telemetry(tmp_path):
         assert values and all(math.isfinite(v) for v in values), tag
     assert all(0.0 <= e.value <= 1.0 for e in acc.Scalars("rtrl/frac_J_gt_1"))
     assert all(e.value > 0.0 for e in acc.Scalars("rtrl/max_abs_S"))
+
+
+
+def test_a_periodic_evaluation_just_before_a_stage_end_is_left_to_the_stage_end():
+    from train.schedule import evaluation_due
+
+    # The cpu preset's second stage: 640 frames per update, an evaluation every 1,250,000 frames,
+    # the stage ending at run frame 5,000,960.
+    assert evaluation_due(3_750_400, 640, 1_250_000, 1_250_560)
+    assert not evaluation_due(5_000_320, 640, 1_250_000, 640)
+    assert not evaluation_due(3_751_040, 640, 1_250_000, 1_249_920)  # no multiple crossed
+    assert evaluation_due(4_000, 320, 2_000, 1_000) and not evaluation_due(4_000, 320, 2_000, 999)
