@@ -26,7 +26,11 @@ Per group, with :math:`h^{(n)}_g` the final-stage HNS of seed ``n`` on game ``g`
   ``metrics.<name>``, with the bootstrap interval over seeds (:func:`eval.metrics.stratified_bootstrap_ci`
   of one stratum, statistic the mean);
 - ``mean_zero_shot_transfer`` and ``mean_forward_transfer``: the mean over seeds of each run's
-  ``metrics.<name>`` (forward transfer needs the runs evaluated with ``--reference-run``).
+  ``metrics.<name>`` (forward transfer needs the runs evaluated with ``--reference-run``);
+- ``wall_minutes``: the mean over seeds of each run's wall time, training + evaluation
+  (``forgetting.json``'s ``wall_seconds``, :func:`eval.forgetting.read_wall_seconds`) / 60. A run
+  without it (an older file, or a run resumed across that upgrade) is left out, and named in the
+  ``note`` row when other seeds of its group have it.
 
 A run where a metric is ``null`` is left out of it; a cell is empty when no run has it. With one
 seed the intervals over seeds collapse to the point (the learning interval then holds the episode
@@ -46,7 +50,7 @@ import numpy as np
 
 from common.errors import UserError
 from envs.registry import normalized_score
-from eval.forgetting import mean_or_none, read_episode_returns, read_forgetting
+from eval.forgetting import mean_or_none, read_episode_returns, read_forgetting, read_wall_seconds
 from eval.metrics import first_stages, stratified_bootstrap_ci, two_level_bootstrap_difference_ci
 from storage.atomic import atomic_write_text
 from storage.run_dir import RunDir
@@ -104,7 +108,7 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
              for j, game in enumerate(games) for name in ("learning", "learning_low", "learning_high", "learned")]
     rows += [(f"{name}{suffix}", [c[f"{name}{suffix}"] for c in columns])
              for name in _SEED_INTERVAL_METRICS for suffix in ("", "_low", "_high")]
-    rows += [(name, [c[name] for c in columns]) for name in (*_MEAN_METRICS, "note")]
+    rows += [(name, [c[name] for c in columns]) for name in (*_MEAN_METRICS, "wall_minutes", "note")]
 
     csv_path = Path(csv_path) if csv_path is not None else RunDir(run_dirs[0]).eval / CSV_NAME
     atomic_write_text(csv_path, _csv_text(labels, rows))
@@ -192,6 +196,8 @@ def _group_stats(group: list[_Run], games: list[str], reps: int) -> dict[str, An
     for name in _MEAN_METRICS:
         values = [r.doc["metrics"].get(name) for r in group]
         stats[name] = mean_or_none(np.array([v for v in values if v is not None], dtype=np.float64))
+    walls = [read_wall_seconds(r.doc) for r in group]
+    stats["wall_minutes"] = mean_or_none(np.array([w / 60.0 for w in walls if w is not None], dtype=np.float64))
     notes = []
     if stats["iqm"] is None:
         notes.append("no finite final HNS")
@@ -200,6 +206,9 @@ def _group_stats(group: list[_Run], games: list[str], reps: int) -> dict[str, An
     if without_episodes:
         notes.append(f"no episode returns in {', '.join(without_episodes)} (older forgetting.json; "
                      "`run.py eval --run-dir` rewrites it): left out of learning")
+    without_wall = [r.root.name for r, w in zip(group, walls) if w is None]
+    if without_wall and stats["wall_minutes"] is not None:
+        notes.append(f"no wall time in {', '.join(without_wall)} (older forgetting.json): left out of wall minutes")
     stats["note"] = "; ".join(notes)
     return stats
 
@@ -257,6 +266,7 @@ def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: lis
     lines.append(("BWT [95% CI]", _interval_cells(cells, "bwt")))
     lines.append(("zero-shot transfer", [_fmt(x) for x in cells["mean_zero_shot_transfer"]]))
     lines.append(("forward transfer", [_fmt(x) for x in cells["mean_forward_transfer"]]))
+    lines.append(("wall minutes (train + eval)", [_fmt(x) for x in cells["wall_minutes"]]))
     if any(cells["note"]):
         lines.append(("note", [n or "-" for n in cells["note"]]))
     width0 = max(len(name) for name, _ in lines)

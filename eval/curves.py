@@ -4,14 +4,17 @@ and forward transfer against single-task reference runs.
 One evaluation is a *point*, a plain dict (so it is saved in checkpoints as plain data)::
 
     {"frames": F, "stage": i, "kind": k, "returns": [G mean raw returns, NaN = failed],
-     "episodes": [G lists [K] of each episode's raw return]}
+     "episodes": [G lists [K] of each episode's raw return], "wall_s": W}
 
 ``frames`` is the run's total environment frames when it was taken (the TensorBoard step);
 ``kind`` is ``before`` (the initial parameters, ``stage`` 0, ``frames`` 0), ``periodic`` (every
 ``eval.every`` frames while stage ``i`` trains, 1-based) or ``stage`` (at the end of stage ``i``).
 ``returns`` and ``episodes`` follow the run's columns, :func:`eval_columns`; ``episodes`` is
 absent from points read back from ``curves.csv`` (it holds the means only) and from histories
-saved by versions before it existed, which load unchanged. The history is saved in every
+saved by versions before it existed, which load unchanged. ``wall_s`` is the run's wall seconds
+of training and evaluation when the point was taken, before its own evaluation
+(``train/checkpointing.py`` ``Progress``); it is absent where unknown (points saved before it
+existed, or a run resumed across that upgrade). The history is saved in every
 checkpoint and streamed to ``eval/curves.csv`` (rewritten atomically after every evaluation, and
 on resume from the checkpoint's history, so points a killed attempt took after its checkpoint are
 dropped and retaken, never duplicated). ``eval/curves.png`` plots it: one panel per game, x = total
@@ -36,7 +39,7 @@ from matplotlib.figure import Figure
 from common.errors import UserError
 from envs.registry import normalized_score
 from eval.metrics import auc_forward_transfer, first_stages
-from eval.score_csv import score_cells, score_header
+from eval.score_csv import score_cell, score_cells, score_header
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.run_dir import RunDir
 
@@ -56,9 +59,10 @@ def eval_columns(schedule: list[str]) -> list[str]:
 
 
 def eval_point(frames: int, stage: int, kind: str, returns: list[float],
-               episodes: list[list[float]] | None = None) -> dict[str, Any]:
+               episodes: list[list[float]] | None = None, wall_s: float | None = None) -> dict[str, Any]:
     """One evaluation as plain data (see the module docstring): ``returns`` ``[G]`` the means,
-    ``episodes`` ``[G][K]`` the episodes behind them (``None``: the point has no ``episodes`` key)."""
+    ``episodes`` ``[G][K]`` the episodes behind them (``None``: the point has no ``episodes`` key),
+    ``wall_s`` the run's wall seconds before it (``None`` or NaN: the point has no ``wall_s`` key)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     point = {"frames": int(frames), "stage": int(stage), "kind": kind, "returns": [float(r) for r in returns]}
@@ -66,6 +70,8 @@ def eval_point(frames: int, stage: int, kind: str, returns: list[float],
         if len(episodes) != len(returns):
             raise ValueError(f"episodes must hold one list per game ({len(returns)}), got {len(episodes)}")
         point["episodes"] = [[float(r) for r in cell] for cell in episodes]
+    if wall_s is not None and math.isfinite(wall_s):
+        point["wall_s"] = float(wall_s)
     return point
 
 
@@ -214,8 +220,9 @@ def write_curves(eval_dir: Path, games: list[str], schedule: list[str], history:
     """Write ``curves.csv`` and ``curves.png`` of ``history`` into ``eval_dir``, each atomically.
 
     CSV: one row per point in order, columns ``frames, stage, kind, game`` (the game trained in
-    that stage, empty for ``before``), then ``return/<g>`` and ``hns/<g>`` per game; full
-    precision, NaN as an empty cell.
+    that stage, empty for ``before``), then ``return/<g>`` and ``hns/<g>`` per game, then
+    ``wall_s`` (last, so that the columns before it keep their places in older files); full
+    precision, NaN and a point without ``wall_s`` as an empty cell.
     """
     eval_dir = Path(eval_dir)
     returns = np.array([p["returns"] for p in history], dtype=np.float64).reshape(len(history), len(games))
@@ -225,13 +232,16 @@ def write_curves(eval_dir: Path, games: list[str], schedule: list[str], history:
     writer.writerow(_csv_header(games))
     for p, r, h in zip(history, returns, hns):
         trained = schedule[p["stage"] - 1] if p["stage"] > 0 else ""
-        writer.writerow([p["frames"], p["stage"], p["kind"], trained] + score_cells(r, h))
+        writer.writerow([p["frames"], p["stage"], p["kind"], trained] + score_cells(r, h)
+                        + [score_cell(p.get("wall_s", math.nan))])
     atomic_write_text(eval_dir / CSV_NAME, out.getvalue())
     atomic_write_bytes(eval_dir / PNG_NAME, _curves_png(games, schedule, history, hns))
 
 
 def read_curves(eval_dir: Path, games: list[str]) -> list[dict[str, Any]]:
-    """The history :func:`write_curves` wrote (returns only; the hns columns are derived).
+    """The history :func:`write_curves` wrote (returns and ``wall_s``; the hns columns are derived).
+
+    A file written before the ``wall_s`` column existed reads too, its points without ``wall_s``.
 
     Raises:
         UserError: the file is missing, or is not a curves file for ``games``.
@@ -244,11 +254,15 @@ def read_curves(eval_dir: Path, games: list[str]) -> list[dict[str, Any]]:
         raise UserError(f"no {path}; it is written while the run trains") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is malformed ({e}); it is rewritten when the run resumes") from None
-    if not rows or rows[0] != _csv_header(games):
+    header = _csv_header(games)
+    if not rows or rows[0] not in (header, header[:-1]):
         raise UserError(f"{path} is not an evaluation-curves file for games {', '.join(games)}")
+    width = len(rows[0])
     try:
-        return [eval_point(int(r[0]), int(r[1]), r[2], [float(r[4 + 2 * j]) if r[4 + 2 * j] else math.nan
-                                                        for j in range(len(games))]) for r in rows[1:]]
+        if any(len(r) != width for r in rows[1:]):
+            raise ValueError(f"a row does not have the header's {width} cells")
+        return [eval_point(int(r[0]), int(r[1]), r[2], [_number(r[4 + 2 * j]) for j in range(len(games))],
+                           wall_s=_number(r[-1]) if width == len(header) else None) for r in rows[1:]]
     except (ValueError, IndexError) as e:
         raise UserError(f"{path} is malformed ({e}); it is rewritten when the run resumes") from None
 
@@ -269,8 +283,14 @@ def _aligned_ft(game: str, x: np.ndarray, y: np.ndarray, x_ref: np.ndarray, y_re
 
 
 def _csv_header(games: list[str]) -> list[str]:
-    """The columns of ``curves.csv``: the point's fields, then :func:`eval.score_csv.score_header`."""
-    return ["frames", "stage", "kind", "game"] + score_header(games)
+    """The columns of ``curves.csv``: the point's fields, then :func:`eval.score_csv.score_header`,
+    then ``wall_s`` (files written before it existed end with the scores)."""
+    return ["frames", "stage", "kind", "game"] + score_header(games) + ["wall_s"]
+
+
+def _number(cell: str) -> float:
+    """A cell :func:`eval.score_csv.score_cell` wrote: the float, NaN for an empty cell."""
+    return float(cell) if cell else math.nan
 
 
 def _curves_png(games: list[str], schedule: list[str], history: list[dict[str, Any]], hns: np.ndarray) -> bytes:

@@ -100,13 +100,15 @@ def evaluate_games(model: ActorCritic, games: list[str], env_cfg: EnvConfig, eva
 def record_returns(eval_dir: Path, games: list[str], stage_games: list[str], returns: np.ndarray,
                    episode_returns: Sequence[Sequence[Sequence[float] | None]] | None = None,
                    forward_transfer: dict[str, float | None] | None = None,
-                   reference_runs: list[str] | None = None) -> dict:
+                   reference_runs: list[str] | None = None,
+                   wall_seconds: dict[str, float | None] | None = None) -> dict:
     """Write the forgetting files for mean ``returns`` ``[S + 1, G]`` (row 0 before training, NaN = not evaluated).
 
     ``games`` are the columns, ``stage_games[i - 1]`` the game trained in stage ``i``;
     ``episode_returns`` ``[S + 1][G]`` each cell's per-episode raw returns ``[K]`` (``None`` where
-    not kept); the scores are normalised with ``envs.registry.normalized_score``. Returns the JSON
-    document (:func:`eval.forgetting.write_forgetting`).
+    not kept); the scores are normalised with ``envs.registry.normalized_score``; ``wall_seconds``
+    ``{"train", "eval"}`` the run's wall seconds (``None`` = unknown). Returns the JSON document
+    (:func:`eval.forgetting.write_forgetting`).
     """
     return write_forgetting(eval_dir, games, stage_games, returns, normalized_matrix(games, returns),
-                            episode_returns, forward_transfer, reference_runs)
+                            episode_returns, forward_transfer, reference_runs, wall_seconds)

@@ -36,6 +36,8 @@ PNG_NAME = "forgetting.png"
 BEFORE_LABEL = "before"
 
 _SCHEMA_KEYS = ("games", "stages", "returns", "hns", "metrics")
+WALL_KEYS = ("train", "eval")
+"""The keys of ``forgetting.json``'s ``wall_seconds``."""
 
 
 def stage_labels(stage_games: list[str]) -> list[str]:
@@ -128,6 +130,7 @@ def write_forgetting(
     episode_returns: Sequence[Sequence[Sequence[float] | None]] | None = None,
     forward_transfer: dict[str, float | None] | None = None,
     reference_runs: list[str] | None = None,
+    wall_seconds: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """Write ``forgetting.json``, ``forgetting.csv`` and ``forgetting.png`` into ``eval_dir``.
 
@@ -143,12 +146,16 @@ def write_forgetting(
             ``None`` = no cell's.
         forward_transfer: see :func:`compute_metrics`.
         reference_runs: the single-task reference run dirs ``forward_transfer`` was computed with.
+        wall_seconds: ``{"train": s, "eval": s}`` the run's wall seconds spent training and
+            evaluating (the trainer's counters when it wrote the file); ``None``, a missing key or
+            NaN = unknown.
 
     Returns:
         The dict written to JSON: the docs/forgetting.md schema ``{"games", "stages", "returns", "hns",
         "metrics"}`` (``stages`` = :func:`stage_labels`, ``metrics`` = :func:`compute_metrics`)
-        plus ``"stage_games"``, ``"episode_returns"`` ``[S + 1][G]`` (lists ``[K]`` or ``None``)
-        and ``"reference_runs"`` (a list, empty without references), with every NaN as ``None``.
+        plus ``"stage_games"``, ``"episode_returns"`` ``[S + 1][G]`` (lists ``[K]`` or ``None``),
+        ``"reference_runs"`` (a list, empty without references) and ``"wall_seconds"``
+        ``{"train", "eval"}`` (each ``None`` where unknown), with every NaN as ``None``.
 
     Raises:
         ValueError: on shapes that do not match the names.
@@ -173,6 +180,7 @@ def write_forgetting(
         "episode_returns": [[None if cell is None else _to_json_list(cell) for cell in row] for row in episode_returns],
         "metrics": compute_metrics(hns, stage_games, games, forward_transfer),
         "reference_runs": list(reference_runs or []),
+        "wall_seconds": {key: _finite_or_none((wall_seconds or {}).get(key)) for key in WALL_KEYS},
     }
     atomic_write_text(eval_dir / JSON_NAME, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     atomic_write_text(eval_dir / CSV_NAME, _csv_text(games, stages, returns, hns))
@@ -212,6 +220,14 @@ def read_episode_returns(doc: dict[str, Any]) -> list[list[np.ndarray | None]] |
              for cell in row] for row in rows]
 
 
+def read_wall_seconds(doc: dict[str, Any]) -> float | None:
+    """The run's wall seconds (training + evaluation) of a :func:`read_forgetting` document, or
+    ``None`` where either is unknown or the file was written before ``wall_seconds`` existed."""
+    wall = doc.get("wall_seconds") or {}
+    parts = [wall.get(key) for key in WALL_KEYS]
+    return None if any(x is None for x in parts) else float(sum(parts))
+
+
 def mean_or_none(values: np.ndarray) -> float | None:
     """Mean of the finite entries of ``values``, or ``None`` if there are none."""
     finite = values[np.isfinite(values)]
@@ -221,6 +237,10 @@ def mean_or_none(values: np.ndarray) -> float | None:
 def _mean_of_defined(values: dict[str, float | None]) -> float | None:
     """Mean of the values that are not ``None`` (and finite), or ``None`` if there are none."""
     return mean_or_none(np.array([v for v in values.values() if v is not None], dtype=np.float64))
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _to_json_matrix(matrix: np.ndarray) -> list[list[float | None]]:

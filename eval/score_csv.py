@@ -19,9 +19,9 @@ def score_header(games: Sequence[str]) -> list[str]:
 def score_cells(returns: np.ndarray, hns: np.ndarray) -> list[str]:
     """``[2 G]`` cells of one row, in :func:`score_header`'s order, from ``returns`` ``[G]`` (raw
     mean returns) and ``hns`` ``[G]`` (their normalised scores)."""
-    return [_cell(m[j]) for j in range(len(returns)) for m in (returns, hns)]
+    return [score_cell(m[j]) for j in range(len(returns)) for m in (returns, hns)]
 
 
-def _cell(x: float) -> str:
+def score_cell(x: float) -> str:
     """A float at full precision (``repr``, so it reads back exactly), or an empty cell for NaN/inf."""
     return repr(float(x)) if math.isfinite(x) else ""

@@ -10,6 +10,7 @@ every episode.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -33,8 +34,18 @@ class Progress:
     total_frames: int = 0
     """Frames trained in the whole run (the TensorBoard step)."""
     evaluations: list[dict] = field(default_factory=list)
-    """Every evaluation so far, in order: points ``{"frames", "stage", "kind", "returns", "episodes"}``
-    (``eval/curves.py``; ``episodes`` is missing from points saved by older versions)."""
+    """Every evaluation so far, in order: points ``{"frames", "stage", "kind", "returns", "episodes",
+    "wall_s"}`` (``eval/curves.py``; ``episodes`` and ``wall_s`` are missing from points saved by
+    older versions)."""
+    train_seconds: float = 0.0
+    """Wall seconds spent in training segments (``train/loop.py``: from a segment's env start-up to
+    its envs' close, periodic checkpoints included, its periodic evaluations excluded), summed over
+    resumes; what a killed attempt trained after its last checkpoint is not counted (it is trained
+    again). NaN = unknown: the run was resumed from a checkpoint written before the field existed."""
+    eval_seconds: float = 0.0
+    """Wall seconds spent in evaluations (playing every game's episodes; writing the evaluation
+    files and logging them are not counted), summed over resumes like :attr:`train_seconds`; NaN =
+    unknown, as there."""
 
 
 def replica(model: ActorCritic) -> dict[str, torch.Tensor]:
@@ -70,7 +81,10 @@ def restore(state: dict, model: ActorCritic, learner: Learner) -> Progress:
     random.setstate(rng["python"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return Progress(**state["progress"])
+    # A checkpoint written before the wall clocks existed: the time trained so far is unknown, and
+    # counting from 0 would pass the resumed part off as the whole run's.
+    clocks = {"train_seconds": math.nan, "eval_seconds": math.nan}
+    return Progress(**{**clocks, **state["progress"]})
 
 
 def seed_everything(seed: int) -> None:

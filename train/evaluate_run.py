@@ -6,7 +6,9 @@ the initial parameters (the ``before`` row), ``stage_<i>`` the parameters at the
 The evaluation curves cannot be recomputed (the periodic checkpoints they came from are rotated
 away), so ``eval/curves.csv`` is kept as the run recorded it and ``curves.png`` is redrawn from it.
 With ``--reference-run`` the AUC forward transfer of each game against its single-task reference
-run (:func:`eval.curves.reference_forward_transfer`) is added to ``forgetting.json``.
+run (:func:`eval.curves.reference_forward_transfer`) is added to ``forgetting.json``. The run's wall
+time (``wall_seconds``) is kept as the trainer recorded it in the ``forgetting.json`` being
+rewritten (re-evaluating is not training); without that file it is unknown (``null``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from common.errors import UserError
 from envs.atari import NUM_ACTIONS
 from eval.curves import CSV_NAME, eval_columns, load_reference, read_curves, reference_forward_transfer, write_curves
 from eval.evaluate import evaluate_games, record_returns
+from eval.forgetting import WALL_KEYS, read_forgetting
 from storage.atomic import check_writable
 from storage.checkpoint import CheckpointManager
 from storage.run_dir import RunDir
@@ -65,6 +68,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
     # Checked before the (long) evaluation, so that a bad reference fails at once.
     references = _load_references(reference_runs or [], schedule_columns)
     history = read_curves(rd.eval, schedule_columns) if (rd.eval / CSV_NAME).exists() or references else None
+    wall_seconds = _recorded_wall_seconds(rd)
 
     torch_device = resolve_device(device)
     model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set).to(torch_device)
@@ -87,7 +91,7 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
         full = reference_forward_transfer(history, schedule_columns, cfg.env.games, references)
         forward_transfer = {g: full.get(g) for g in columns}
     doc = record_returns(rd.eval, columns, cfg.env.games[:len(stage_paths) - 1], returns, episodes,
-                         forward_transfer, [str(r) for r in reference_runs or []])
+                         forward_transfer, [str(r) for r in reference_runs or []], wall_seconds)
     if history is not None:
         write_curves(rd.eval, schedule_columns, cfg.env.games, history)
     m = doc["metrics"]
@@ -96,6 +100,17 @@ def evaluate_run(run_dir: Path, games: list[str] | None = None, episodes: int | 
           f"zero-shot transfer {_fmt(m['mean_zero_shot_transfer'])}, "
           f"forward transfer {_fmt(m['mean_forward_transfer'])}", flush=True)
     return doc
+
+
+def _recorded_wall_seconds(rd: RunDir) -> dict[str, float | None] | None:
+    """The ``wall_seconds`` of the run's ``forgetting.json`` (numbers only), ``None`` without a readable one."""
+    try:
+        wall = read_forgetting(rd.eval).get("wall_seconds")
+    except UserError:
+        return None
+    if not isinstance(wall, dict):
+        return None
+    return {key: float(x) if isinstance(x, (int, float)) else None for key, x in wall.items() if key in WALL_KEYS}
 
 
 def _load_references(reference_runs: list[Path], games: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

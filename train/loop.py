@@ -9,6 +9,10 @@ game of the schedule is evaluated (the matrix's ``before`` row). Stage i (1-base
      evaluation history and rewrites ``eval/forgetting.json|.csv|.png`` and ``eval/curves.csv|.png``,
   3. saves a checkpoint that marks the stage evaluated.
 So ``stage_<i>.pt`` holds the parameters of row i of the forgetting matrix.
+The run's wall time is counted in ``Progress.train_seconds`` (the training segments) and
+``Progress.eval_seconds`` (the evaluations), saved in every checkpoint and so summed over resumes;
+start-up, stage-end checkpoints and writing the evaluation files are in neither. Each evaluation
+point records their sum before it (``wall_s``), and ``forgetting.json`` both (``wall_seconds``).
 Periodic checkpoints every ``checkpoint_every`` frames make a killed run resumable mid-stage:
 ``--resume`` restores model, optimizer, LR schedule, RNG states, counters and the evaluation
 history, rewrites the evaluation files from that history, and TensorBoard continues at the
@@ -194,7 +198,11 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
     """Train one game (``train.schedule.game_at``) until the stage ends or ``--switch-every`` moves to the next game.
 
     This rank steps its own streams, ``first_stream`` onwards of the world's ``num_envs``: their
-    env seeds and action samplers follow from their index among all ranks' streams."""
+    env seeds and action samplers follow from their index among all ranks' streams. The segment's
+    wall time, from here to its envs' close less its periodic evaluations (periodic checkpoints
+    included), goes to ``progress.train_seconds``, brought up to date before each evaluation and
+    checkpoint so that they hold it."""
+    mark = time.perf_counter()
     cfg, world = run.cfg, run.world
     game = game_at(cfg, progress.stage, progress.total_frames)
     ec = cfg.env
@@ -237,11 +245,13 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
             # checkpoint holds its point.
             if cfg.eval.every and evaluation_due(progress.total_frames, frames_per_update, cfg.eval.every,
                                                  cfg.schedule.frames_per_game - progress.stage_frames):
-                t_eval = time.perf_counter()
+                t_eval = _count_training(progress, mark)
                 _evaluate(run, progress, PERIODIC, cache)
                 world.barrier()  # the other ranks wait for rank 0's evaluation here
-                window.start += time.perf_counter() - t_eval  # keep evaluation time out of SPS
+                mark = time.perf_counter()  # the evaluation is not training time
+                window.start += mark - t_eval  # keep evaluation time out of SPS
             if crossed(progress.total_frames, frames_per_update, cfg.schedule.checkpoint_every):
+                mark = _count_training(progress, mark)  # the checkpoint holds the time trained so far
                 _save(run, progress, f"frames_{progress.total_frames:012d}")
             if switch:
                 break
@@ -250,7 +260,15 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
             sampler.close()
         finally:
             env.close()
+    _count_training(progress, mark)
     run.logger.flush()
+
+
+def _count_training(progress: Progress, mark: float) -> float:
+    """Add the wall time since ``mark`` (a ``time.perf_counter()``) to ``progress.train_seconds``; -> now."""
+    now = time.perf_counter()
+    progress.train_seconds += now - mark
+    return now
 
 
 def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cache: CacheWindow,
@@ -334,9 +352,16 @@ def _evaluate(run: _Run, progress: Progress, kind: str, window: CacheWindow | No
     when defined) and the images ``eval/forgetting_matrix`` and ``eval/curves``. A MoE run also logs
     the evaluation's expert traffic (``eval/cache/*``, ``eval/detector/accuracy``; ``train/experts.py``),
     which is left out of the training cache ``window`` it interrupts.
+
+    The point's ``wall_s`` is the run's training and evaluation seconds before this evaluation;
+    its own time, from here to the end of its episodes, then goes to ``progress.eval_seconds``
+    (before the files are written, so ``forgetting.json`` holds it). Writing the files and logging
+    are not counted.
     """
     if not run.world.main:
         return
+    start = time.perf_counter()
+    wall_s = progress.train_seconds + progress.eval_seconds
     cfg, rd, logger = run.cfg, run.rd, run.logger
     columns = eval_columns(cfg.env.games)
     stage = 0 if kind == BEFORE else progress.stage + 1
@@ -348,10 +373,11 @@ def _evaluate(run: _Run, progress: Progress, kind: str, window: CacheWindow | No
                                  None if traffic is None else traffic.on_step)
     finally:
         traffic_scalars = {} if traffic is None else traffic.close()
+    progress.eval_seconds += time.perf_counter() - start
     if window is not None and traffic is not None:
         window.exclude(traffic.counts)
     progress.evaluations.append(eval_point(progress.total_frames, stage, kind, [results[g].mean for g in columns],
-                                           [results[g].episodes for g in columns]))
+                                           [results[g].episodes for g in columns], wall_s))
     doc = _write_eval_files(cfg, progress, rd)
     scalars = dict(traffic_scalars)
     for game, result in results.items():
@@ -383,7 +409,8 @@ def _write_eval_files(cfg: RunConfig, progress: Progress, rd: RunDir) -> dict:
     columns = eval_columns(cfg.env.games)
     returns = matrix_returns(progress.evaluations, len(columns))
     doc = record_returns(rd.eval, columns, cfg.env.games[:returns.shape[0] - 1], returns,
-                         matrix_episodes(progress.evaluations, len(columns)))
+                         matrix_episodes(progress.evaluations, len(columns)),
+                         wall_seconds={"train": progress.train_seconds, "eval": progress.eval_seconds})
     curves.write_curves(rd.eval, columns, cfg.env.games, progress.evaluations)
     return doc
 

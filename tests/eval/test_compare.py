@@ -16,20 +16,21 @@ from envs.registry import score_bounds
 from eval.compare import compare_runs
 from eval.evaluate import record_returns
 from train.config import preset
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 NAN = math.nan
 GAMES = ["Pong", "Breakout"]
 
 
 def write_run(root: Path, episode_hns, seed: int = 1, core: str = "lstm", learning: str = "tbptt",
-              games=GAMES, stage_games=GAMES, keep_episodes: bool = True) -> Path:
+              games=GAMES, stage_games=GAMES, keep_episodes: bool = True, wall_seconds=None) -> Path:
     """A run dir with the smoke preset's config.json (seed/model/games changed) and a forgetting.json
     written by ``record_returns`` from episode scores.
 
     ``episode_hns`` ``[S + 1, G, K]`` are the HNS of each cell's episodes (row 0 before training),
     turned into raw returns; a NaN cell was not evaluated. ``keep_episodes=False`` writes the file
-    as versions before ``episode_returns`` did (no such key).
+    as versions before ``episode_returns`` did (no such key); ``wall_seconds`` ``{"train", "eval"}``
+    (``None``: unknown, as in older files).
     """
     cfg = preset("smoke")
     cfg.seed, cfg.model.core, cfg.model.learning = seed, core, learning
@@ -41,7 +42,7 @@ def write_run(root: Path, episode_hns, seed: int = 1, core: str = "lstm", learni
     returns = raw.mean(axis=2)  # [S + 1, G]
     episodes = [[None if math.isnan(m) else cell.tolist() for m, cell in zip(mrow, row)]
                 for mrow, row in zip(returns, raw)]
-    record_returns(root / "eval", list(games), list(stage_games), returns, episodes)
+    record_returns(root / "eval", list(games), list(stage_games), returns, episodes, wall_seconds=wall_seconds)
     if not keep_episodes:
         path = root / "eval" / "forgetting.json"
         doc = json.loads(path.read_text())
@@ -187,6 +188,36 @@ def test_runs_without_episode_returns_still_compare_and_are_left_out_of_learning
     assert rows["learning/Pong"] == pytest.approx([0.6]) and rows["learning/Breakout"] == pytest.approx([0.6])
     assert rows["learning_low/Pong"][0] < 0.6 < rows["learning_high/Pong"][0]  # episode noise only
     assert rows["note"][0].startswith("no episode returns in old (")
+
+
+def test_wall_minutes_are_the_mean_over_seeds_of_training_plus_evaluation(tmp_path, capsys):
+    a = make_run(tmp_path / "a", [[0.5, 0.1], [0.2, 0.8]], seed=1, wall_seconds={"train": 300.0, "eval": 60.0})
+    b = make_run(tmp_path / "b", [[0.6, 0.3], [0.4, 0.6]], seed=2, wall_seconds={"train": 420.0, "eval": 120.0})
+    old = make_run(tmp_path / "old", [[0.6, 0.3], [0.4, 0.6]], seed=3)  # no wall time
+    out_csv = tmp_path / "table.csv"
+    rows = dict(compare_runs([a, b], csv_path=out_csv, reps=200)["rows"])
+    assert rows["wall_minutes"] == [pytest.approx((6.0 + 9.0) / 2)] and rows["note"] == [""]
+    assert re.search(r"wall minutes \(train \+ eval\) +7\.500\n", capsys.readouterr().out)
+    with out_csv.open(newline="") as f:
+        assert {r[0]: r[1:] for r in csv.reader(f)}["wall_minutes"] == ["7.5"]
+    # A seed without it is left out of the mean and named; alone it gives n/a (an empty CSV cell).
+    rows = dict(compare_runs([a, b, old], csv_path=out_csv, reps=200)["rows"])
+    assert rows["wall_minutes"] == [pytest.approx(7.5)]
+    assert rows["note"] == ["no wall time in old (older forgetting.json): left out of wall minutes"]
+    capsys.readouterr()
+    rows = dict(compare_runs([old], csv_path=out_csv, reps=200)["rows"])
+    assert rows["wall_minutes"] == [None] and "wall" not in rows["note"][0]
+    assert re.search(r"wall minutes \(train \+ eval\) +n/a\n", capsys.readouterr().out)
+
+
+def test_committed_results_without_wall_time_compare_with_n_a(tmp_path, capsys):
+    old = ROOT / "results" / "probes-cpu-preset" / "lstm-adam3e-4-stage1" / "seed1"  # a stage row, no wall time
+    assert "wall_seconds" not in json.loads((old / "eval" / "forgetting.json").read_text())
+    out_csv = tmp_path / "table.csv"
+    assert dict(compare_runs([old], csv_path=out_csv, reps=200)["rows"])["wall_minutes"] == [None]
+    assert re.search(r"wall minutes \(train \+ eval\) +n/a\n", capsys.readouterr().out)
+    with out_csv.open(newline="") as f:
+        assert {r[0]: r[1:] for r in csv.reader(f)}["wall_minutes"] == [""]
 
 
 def test_cli_rejects_runs_with_different_games(runs, tmp_path):

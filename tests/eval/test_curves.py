@@ -140,6 +140,29 @@ def test_curves_csv_reads_back_and_holds_normalised_scores(tmp_path):
     assert float(rows[4]["hns/Pong"]) == normalized_score("Pong", history[4]["returns"][0])
 
 
+def test_wall_s_is_the_last_column_and_reads_back_and_older_files_still_read(tmp_path):
+    history = [eval_point(p["frames"], p["stage"], p["kind"], p["returns"], wall_s=w)
+               for p, w in zip(HISTORY, [0.0, 12.25, None, NAN, 61.0])]
+    assert "wall_s" not in history[2] and "wall_s" not in history[3]  # None and NaN: unknown
+    write_curves(tmp_path, GAMES, GAMES, history)
+    with open(tmp_path / "curves.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-1] == "wall_s" and rows[0][:-1] == ["frames", "stage", "kind", "game", "return/Pong", "hns/Pong",
+                                                        "return/Breakout", "hns/Breakout"]
+    assert [r[-1] for r in rows[1:]] == ["0.0", "12.25", "", "", "61.0"]
+    back = read_curves(tmp_path, GAMES)
+    assert [p.get("wall_s") for p in back] == [0.0, 12.25, None, None, 61.0]
+    # A file written before the column existed (the committed results/) reads, without wall_s.
+    (tmp_path / "curves.csv").write_text("".join(",".join(r[:-1]) + "\n" for r in rows))
+    back = read_curves(tmp_path, GAMES)
+    assert [(p["frames"], p["kind"]) for p in back] == [(p["frames"], p["kind"]) for p in HISTORY]
+    assert all("wall_s" not in p for p in back)
+    # A row that lost its last cell does not pass off a score as its wall time.
+    (tmp_path / "curves.csv").write_text("".join(",".join(r if i != 2 else r[:-1]) + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(UserError, match="malformed"):
+        read_curves(tmp_path, GAMES)
+
+
 @pytest.mark.parametrize("games,size", [(GAMES, (1000, 320)), (["Pong", "Breakout", "Qbert", "Seaquest"], (1500, 640))])
 def test_curves_png_has_one_panel_per_game_and_the_documented_size(tmp_path, games, size):
     history = [eval_point(p["frames"], p["stage"], p["kind"], [raw(g, 0.1 * i) for i, g in enumerate(games)])

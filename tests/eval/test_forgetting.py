@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.forgetting import compute_metrics, read_episode_returns, read_forgetting, write_forgetting
+from eval.forgetting import (compute_metrics, read_episode_returns, read_forgetting, read_wall_seconds,
+                             write_forgetting)
 from common.errors import UserError
 
 NAN = math.nan
@@ -191,6 +192,19 @@ def test_a_file_without_episode_returns_still_reads(tmp_path):
     path.write_text(json.dumps(old))
     back = read_forgetting(tmp_path / "eval")
     assert back["returns"] == old["returns"] and read_episode_returns(back) is None
+
+
+def test_wall_seconds_round_trip_and_are_null_where_unknown(tmp_path):
+    doc, returns, hns = _write_with_a_gap(tmp_path)
+    assert doc["wall_seconds"] == {"train": None, "eval": None} and read_wall_seconds(doc) is None
+    doc = write_forgetting(tmp_path / "eval", GAMES, GAMES, returns, hns, wall_seconds={"train": 90.5, "eval": 29.5})
+    back = read_forgetting(tmp_path / "eval")
+    assert back == doc and back["wall_seconds"] == {"train": 90.5, "eval": 29.5} and read_wall_seconds(back) == 120.0
+    # NaN (a run resumed from a checkpoint older than the clocks) is unknown, so is half of it.
+    doc = write_forgetting(tmp_path / "eval", GAMES, GAMES, returns, hns, wall_seconds={"train": NAN, "eval": 3.0})
+    assert doc["wall_seconds"] == {"train": None, "eval": 3.0} and read_wall_seconds(doc) is None
+    del doc["wall_seconds"]  # a file from before the field existed
+    assert read_wall_seconds(doc) is None
 
 
 def test_csv_has_one_row_per_stage_with_return_and_hns_per_game(tmp_path):

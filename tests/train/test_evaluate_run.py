@@ -75,6 +75,7 @@ def test_eval_recomputes_every_file_from_stage_checkpoints(run, tmp_path):
     assert ft["Pong"] is None and ft["Breakout"] == pytest.approx(expected["Breakout"])
     assert doc["metrics"]["mean_forward_transfer"] == pytest.approx(expected["Breakout"])
     assert doc["reference_runs"] == [str(ref)]
+    assert doc["wall_seconds"] == {"train": None, "eval": None}  # its forgetting.json (the record) was deleted
     assert "before training:" in proc.stdout and "forward transfer" in proc.stdout
     # The PNGs open and have their documented sizes (2 games, 3 rows).
     for name, size in [("forgetting.png", (400, 270)), ("curves.png", (1000, 320))]:
@@ -84,10 +85,13 @@ def test_eval_recomputes_every_file_from_stage_checkpoints(run, tmp_path):
 
 
 def test_eval_of_chosen_games_fills_every_row(run):
+    recorded = json.loads((run / "eval" / "forgetting.json").read_text())
     run_cli("eval", "--run-dir", str(run), "--games", "breakout", "--episodes", "2", check=True)
     doc = json.loads((run / "eval" / "forgetting.json").read_text())
     assert doc["games"] == ["Breakout"]
     assert len(doc["returns"]) == 3 and all(row[0] is not None for row in doc["returns"])
+    # Re-evaluating is not training: the run's wall time stays what the trainer recorded.
+    assert doc["wall_seconds"] == recorded["wall_seconds"] and recorded["wall_seconds"]["train"] > 0
 
 
 def test_eval_refuses_a_gap_in_the_stage_checkpoints(run):

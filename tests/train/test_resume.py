@@ -65,6 +65,16 @@ def test_sigkilled_run_resumes_from_checkpoint_frame_count(tmp_path):
     doc = json.loads((run_dir / "eval" / "forgetting.json").read_text())
     assert doc["returns"] == [p["returns"] for p in history if p["kind"] != "periodic"]
 
+    # Wall time sums over the resume: the resumed run adds to the checkpoint's clocks, the points
+    # it kept keep their wall_s, and wall_s never decreases across the kill.
+    assert saved["train_seconds"] > 0 and saved["eval_seconds"] > 0
+    assert final["train_seconds"] > saved["train_seconds"] and final["eval_seconds"] > saved["eval_seconds"]
+    kept = len(saved["evaluations"])
+    assert [p["wall_s"] for p in history[:kept]] == [p["wall_s"] for p in saved["evaluations"]]
+    walls = [p["wall_s"] for p in on_disk]
+    assert walls == [p["wall_s"] for p in history] and walls == sorted(walls)
+    assert doc["wall_seconds"] == {"train": final["train_seconds"], "eval": final["eval_seconds"]}
+
 
 def test_existing_run_dir_without_resume_is_refused(smoke_run):
     proc = run_cli("train", "--preset", "smoke", "--run-dir", str(smoke_run), "--no-progress")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from eval.compare import compare_runs
 from eval.curves import read_curves
 from storage.checkpoint import CheckpointManager
 from tests.conftest import run_cli
@@ -99,6 +102,24 @@ def test_evaluation_curve_points_match_the_schedule_and_tensorboard(smoke_run):
     # Mean forgetting is defined from stage 2 on.
     assert [e.step for e in acc.Scalars("eval/forgetting")] == [8320]
     assert acc.Scalars("eval/forgetting")[0].value == pytest.approx(doc["metrics"]["mean_forgetting"])
+
+
+def test_smoke_run_records_its_wall_time_and_compare_shows_it(smoke_run, tmp_path, capsys):
+    doc = json.loads((smoke_run / "eval" / "forgetting.json").read_text())
+    wall = doc["wall_seconds"]
+    assert wall["train"] > 0 and wall["eval"] > 0
+    # The final file holds the final checkpoint's counters (the last evaluation's own time included).
+    progress = CheckpointManager(smoke_run).load_latest()["progress"]
+    assert wall == {"train": progress["train_seconds"], "eval": progress["eval_seconds"]}
+    # Each point's wall_s: the seconds before it, from 0 at the before point, never decreasing.
+    with open(smoke_run / "eval" / "curves.csv", newline="") as f:
+        walls = [float(row["wall_s"]) for row in csv.DictReader(f)]
+    assert len(walls) == len(SMOKE_EVALS) and walls[0] == 0.0
+    assert walls == sorted(walls) and walls[1] > 0.0 and walls[-1] < wall["train"] + wall["eval"]
+    assert walls == [p["wall_s"] for p in progress["evaluations"]]
+    rows = dict(compare_runs([smoke_run], csv_path=tmp_path / "compare.csv", reps=200)["rows"])
+    assert rows["wall_minutes"] == [pytest.approx((wall["train"] + wall["eval"]) / 60)]
+    assert re.search(r"wall minutes \(train \+ eval\) +\d+\.\d{3}\n", capsys.readouterr().out)
 
 
 def test_elstm_rtrl_run_logs_rtrl_telemetry(tmp_path):
