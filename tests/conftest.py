@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,10 +48,19 @@ def train_and_kill(args: list[str], run_dir: Path, ready: Callable[[int], bool],
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    """A finished 2-game smoke run (Pong then Breakout, a few thousand frames each)."""
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    run_cli("train", "--preset", "smoke", "--run-dir", str(run_dir), "--no-progress", check=True)
+def smoke_run(tmp_path_factory, worker_id) -> Path:
+    """A finished 2-game smoke run (Pong then Breakout, a few thousand frames each), made once per
+    session: under pytest-xdist the first worker to need it trains it under a file lock and the
+    others wait and read it. Tests copy it before changing anything."""
+    if worker_id == "master":  # no xdist workers: this session's own temp directory
+        shared = tmp_path_factory.getbasetemp()
+    else:  # the directory above the workers' own, this session's and no other's
+        shared = tmp_path_factory.getbasetemp().parent
+    run_dir = shared / "smoke" / "run"
+    with FileLock(str(shared / "smoke.lock")):
+        if not (run_dir / "eval" / "forgetting.json").exists():
+            shutil.rmtree(run_dir.parent, ignore_errors=True)  # a worker's attempt that failed midway
+            run_cli("train", "--preset", "smoke", "--run-dir", str(run_dir), "--no-progress", check=True)
     return run_dir
 
 

@@ -106,6 +106,7 @@ def test_switch_every_cycles_the_games_inside_each_stage(switch_run):
     assert per_game.min() > 0.2 * per_game.max(), per_game
 
 
+@pytest.mark.slow  # 1.5-3 min; tests/train/test_chaos.py (slow too) kills a MoE run 30 times
 def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     args = [*MOE, *SMALL, "--frames-per-game", "6400", "--checkpoint-every", "1000", "--run-dir", str(run_dir)]
@@ -135,6 +136,7 @@ def _adam_records(run_dir, state: dict) -> list[dict[str, torch.Tensor]]:
     return records
 
 
+@pytest.mark.slow  # 1-2 min
 def test_adam_experts_keep_their_moments_and_step_counts_across_a_sigkill_and_resume(tmp_path):
     """Killed in the second stage and resumed. Each update steps its game's experts once, so
     Breakout's experts end the run with one Adam step per update of stage 2 only if the resumed run
