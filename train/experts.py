@@ -20,7 +20,7 @@ Figures (per logging window, from the store's counters; ``storage/stats.py`` def
     ``cache/bytes/<link>``, and from the router's usage counts ``experts/nmi_game_expert`` and
     ``experts/utilization_entropy`` (``train/expert_metrics.py``). Every evaluation logs the same
     ``cache/*`` figures of its own traffic under ``eval/cache/*`` (stall per env step), plus
-    ``eval/detector/accuracy``; they are left out of the training windows.
+    ``eval/detector/accuracy`` where there is a detector; they are left out of the training windows.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from train.learner import Learner
 
 @dataclass
 class ExpertRun:
-    """A run's MoE extras: the store, the game detector and the cohort prefetcher (None when unused)."""
+    """A run's MoE extras: the store, the game detector (None without 84 x 84 frames) and the cohort
+    prefetcher (None when unused)."""
 
     store: ExpertStore | None = None
     detector: GameDetector | None = None
@@ -62,8 +63,9 @@ class ExpertRun:
     prefetch: str = "lru"
 
     def driver(self, cfg: RunConfig, game: str, num_streams: int) -> DetectorDriver | None:
-        """The detector driver of a stage training ``game`` (None without a detector)."""
-        if self.detector is None:
+        """The detector driver of a stage training ``game`` (None without a detector, unless the
+        oracle's prefetcher needs one to pin the stage's cohort)."""
+        if self.detector is None and not (self.prefetch == "oracle" and self.prefetcher is not None):
             return None
         cls = list(dict.fromkeys(cfg.env.games)).index(game)
         return DetectorDriver(self.detector, num_streams, cls, self.prefetch, self.prefetcher)
@@ -82,14 +84,17 @@ class ExpertRun:
 
 def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir, device: torch.device,
                   state: dict | None) -> ExpertRun:
-    """The store (new, or reopened at ``state``'s snapshot), the detector (restored from ``state``)
-    and, for ``--prefetch detector|oracle``, the prefetcher; an empty ExpertRun for other cores."""
+    """The store (new, or reopened at ``state``'s snapshot), the detector (restored from ``state``;
+    None where the games have no 84 x 84 frames for it to read, e.g. the T-maze) and, for
+    ``--prefetch detector|oracle``, the prefetcher; an empty ExpertRun for other cores."""
     core = moe_core(model)
     if core is None:
         return ExpertRun()
     store = open_store(cfg, model, learner, rd, device, None if state is None else state.get("expert_snapshot"))
-    detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
-    if state is not None and state.get("detector") is not None:
+    detector = None
+    if cfg.has_frames():
+        detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
+    if detector is not None and state is not None and state.get("detector") is not None:
         detector.load_state_dict(state["detector"])
     prefetcher = None
     if cfg.store.prefetch in ("detector", "oracle"):

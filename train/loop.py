@@ -213,7 +213,7 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
     driver = run.xr.driver(cfg, game, streams)
     sampler = Sampler(env, run.model, cfg.learner.rollout_length, ec.reward_clip, run.device,
                       initial_version=run.learner.version, seed=seed,
-                      on_frames=None if driver is None else driver.on_frames, first_stream=first)
+                      on_frames=None if driver is None else driver.frame_hook, first_stream=first)
     frames_per_update = cfg.frames_per_update()
     window = _Window()
     cache = CacheWindow(run.model)
