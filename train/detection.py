@@ -48,11 +48,13 @@ COHORT_SHARE = 0.99
 class UsageCohorts:
     """Game cohorts from the MoE core's decayed routing counts (read from the actor thread)."""
 
-    def __init__(self, core, max_size: int) -> None:
-        self.core, self.max_size = core, max_size
+    def __init__(self, core, max_size: int, rows: list[int]) -> None:
+        """``rows``: the ``core.usage`` row of each class (``train/experts.py``'s ``usage_rows``)."""
+        self.core, self.max_size, self.rows = core, max_size, rows
 
     def cohort(self, game: int) -> list[int]:
-        return cohort_of(self.core.usage[game].cpu().numpy(), COHORT_SHARE, self.max_size)
+        """The cohort of class ``game`` (the schedule's ``game``-th distinct game)."""
+        return cohort_of(self.core.usage[self.rows[game]].cpu().numpy(), COHORT_SHARE, self.max_size)
 
 
 class DetectorDriver:

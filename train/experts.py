@@ -38,6 +38,7 @@ from agent.cores.moe_elstm import SENSITIVITIES, MoEELSTMCore
 from agent.detector import GameDetector
 from agent.model import ActorCritic
 from agent.prefetch import CohortPrefetcher
+from envs.registry import game_id
 from storage.expert_store import ExpertStore
 from storage.manifest import MANIFEST
 from storage.run_dir import RunDir
@@ -98,8 +99,23 @@ def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunD
         detector.load_state_dict(state["detector"])
     prefetcher = None
     if cfg.store.prefetch in ("detector", "oracle"):
-        prefetcher = CohortPrefetcher(store, UsageCohorts(core, pin_reserve(cfg)))
+        prefetcher = CohortPrefetcher(store, UsageCohorts(core, pin_reserve(cfg), usage_rows(cfg, core)))
     return ExpertRun(store, detector, prefetcher, cfg.store.prefetch)
+
+
+def usage_rows(cfg: RunConfig, core: MoEELSTMCore) -> list[int]:
+    """The ``core.usage`` row of each of the schedule's distinct games, in the order of first
+    appearance (the detector's and the prefetcher's classes). The core counts by game id, so games
+    that share one (``tmaze-10`` and ``tmaze-20``: one id per number of exits) share a row."""
+    return [int(core.router.game_slot[game_id(g)]) for g in dict.fromkeys(cfg.env.games)]
+
+
+def usage_labels(cfg: RunConfig, core: MoEELSTMCore) -> list[str]:
+    """A label for each row of ``core.usage``: its games, joined by ``/`` where they share it."""
+    labels: list[list[str]] = [[] for _ in range(core.usage.shape[0])]
+    for g, row in zip(dict.fromkeys(cfg.env.games), usage_rows(cfg, core)):
+        labels[row].append(g)
+    return ["/".join(names) for names in labels]
 
 
 def moe_core(model: ActorCritic) -> MoEELSTMCore | None:

@@ -54,3 +54,26 @@ def test_without_a_detector_an_evaluation_switches_the_oracle_and_demands_the_ro
     assert prefetcher.calls == [(0, False), (1, False)]
     assert core.store.released == [[0, 2, 3]] * 3 and detection.steps == 3
     assert detection.close() == {} and prefetcher.calls[-1] == "resume"  # no eval/detector/accuracy
+
+
+def test_t_mazes_that_share_a_game_id_share_one_usage_row_and_one_cohort():
+    """The core counts routing by game id; tmaze-10 and tmaze-20 (2 exits each) share one, so the
+    prefetcher's second class reads row 0, not a row 1 that does not exist."""
+    from agent.cores.moe_elstm import MoEELSTMCore
+    from envs.registry import GAMES, game_id
+    from train.config import RunConfig
+    from train.detection import UsageCohorts
+    from train.experts import usage_labels, usage_rows
+
+    def core_and_cfg(games):
+        cfg = RunConfig()
+        cfg.env.games = games
+        return MoEELSTMCore(8, 4, 4, 2, "learned", [game_id(g) for g in games], len(GAMES)), cfg
+
+    core, cfg = core_and_cfg(["tmaze-10", "tmaze-20", "tmaze-10-k3"])
+    assert usage_rows(cfg, core) == [0, 0, 1] and usage_labels(cfg, core) == ["tmaze-10/tmaze-20", "tmaze-10-k3"]
+    core.usage[0] = torch.tensor([0.0, 5.0, 0.0, 1.0], dtype=core.usage.dtype)
+    cohorts = UsageCohorts(core, 2, usage_rows(cfg, core))
+    assert cohorts.cohort(1) == cohorts.cohort(0) == [1, 3] and cohorts.cohort(2) == []
+    core, cfg = core_and_cfg(["Pong", "Breakout", "Pong"])
+    assert usage_rows(cfg, core) == [0, 1] and usage_labels(cfg, core) == ["Pong", "Breakout"]
