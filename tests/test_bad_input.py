@@ -62,6 +62,8 @@ def _command_lines(runs: dict[str, Path], base: Path, readonly: Path | None) -> 
         [*smoke, "--switch-every", "7"],
         [*smoke, "--core", "moe", "--learning", "rtrl", "--top-k", "99"],
         [*smoke, "--prefetch", "detector"],
+        ["train", "--preset", "memory-rtrl", "--games", "tmaze-10", "--encoder", "mlp", "--core", "moe",
+         "--prefetch", "detector", "--run-dir", new],
         [*smoke, "--dist-timeout", "nan"],
         [*smoke, "--dist-timeout", "-1"],
         [*smoke, "--no-such-flag", "1"],

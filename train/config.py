@@ -21,7 +21,7 @@ from common.fields import field_help
 from common.memory import check_fits
 from envs.atari import FRAME_SKIP, NUM_ACTIONS, OBS_SHAPE
 from envs.config import EnvConfig
-from envs.registry import min_episode_steps
+from envs.registry import min_episode_steps, observation_shape
 from eval.config import EvalConfig
 from storage.config import StoreConfig
 
@@ -131,6 +131,12 @@ class RunConfig:
         """Learner updates in the whole run (a stage ends at the first update that reaches its frames)."""
         return len(self.env.games) * math.ceil(self.schedule.frames_per_game / self.frames_per_update())
 
+    def has_frames(self) -> bool:
+        """Whether every game of the schedule shows 4 x 84 x 84 frame stacks (Atari, the DMLab-style
+        memory tasks), which is what the MoE run's game detector reads: a MoE run on other
+        observations (the T-maze's) has no detector (``train/experts.py``)."""
+        return all(observation_shape(g) == OBS_SHAPE for g in self.env.games)
+
     def env_seed(self, total_frames: int) -> int:
         """Seed of the training envs started at ``total_frames`` (new streams on every stage and resume)."""
         return self.seed * 1_000_003 + total_frames
@@ -202,11 +208,13 @@ class RunConfig:
         self._check_memory()
 
     def _validate_observations(self) -> None:
-        """The encoder must read every game's observations; the episode cap must leave every game solvable."""
+        """The encoder must read every game's observations, and the game detector (``--prefetch
+        detector``) frames; the episode cap must leave every game solvable."""
         shape = check_encoder(self.model.encoder, self.env.games)
-        if self.model.core == "moe" and shape != OBS_SHAPE:
-            raise UserError(f"--core moe runs a game detector on 84 x 84 frames; {self.env.games[0]} has none: "
-                            "use --core elstm or lstm")
+        if self.store.prefetch == "detector" and shape != OBS_SHAPE:  # --core moe, checked above
+            raise UserError(f"--prefetch detector needs the game detector, which reads 4 x 84 x 84 frames; "
+                            f"{self.env.games[0]} has none (a MoE run on it has no detector): use --prefetch oracle "
+                            "(the schedule's game), lru or none")
         for game in self.env.games:
             need = min_episode_steps(game)
             if self.env.max_episode_steps < need:
@@ -456,6 +464,8 @@ def reconcile(cfg: RunConfig, chosen: set[str]) -> list[str]:
         if st.prefetch in ("detector", "oracle"):
             follow("store.prefetch", "lru", "cohort prefetch needs --core moe")
         return dropped
+    if st.prefetch == "detector" and not cfg.has_frames():
+        follow("store.prefetch", "lru", f"the game detector reads 84 x 84 frames; {cfg.env.games[0]} has none")
     if m.routing == "game":
         games = len(dict.fromkeys(cfg.env.games))
         if m.top_k * games > m.num_experts:

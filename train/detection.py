@@ -14,11 +14,17 @@ The cohort of a game comes from the MoE core's routing counts of the learner's r
 predictions equal to the true game in the window) and ``detector/switch_latency_steps`` (steps from
 the stage's first frame until the smoothed majority detection named the stage's game).
 
+A run whose games have no 84 x 84 frames (the T-maze) has no detector (``RunConfig.has_frames``):
+its stage driver exists only in ``oracle`` mode, to pin the stage's cohort, and reads no frames;
+``--prefetch detector`` is refused there at validation.
+
 Evaluation (:class:`EvalDetection`) plays every game of the schedule in turn, so it switches games
 the way a deployed agent would: the detector (a copy; it gets no label and does not learn) switches
 the prefetched cohort in ``detector`` mode, the oracle at each game's start, and every step demands
 the experts the policy routed to from the store, as an actor without a replica would. The store's
-counters over the evaluation become the ``eval/cache/*`` figures (``train/experts.py``).
+counters over the evaluation become the ``eval/cache/*`` figures (``train/experts.py``). Without a
+detector the evaluation still switches the oracle's cohort and demands the experts (no
+``eval/detector/accuracy``).
 """
 
 from __future__ import annotations
@@ -42,19 +48,22 @@ COHORT_SHARE = 0.99
 class UsageCohorts:
     """Game cohorts from the MoE core's decayed routing counts (read from the actor thread)."""
 
-    def __init__(self, core, max_size: int) -> None:
-        self.core, self.max_size = core, max_size
+    def __init__(self, core, max_size: int, rows: list[int]) -> None:
+        """``rows``: the ``core.usage`` row of each class (``train/experts.py``'s ``usage_rows``)."""
+        self.core, self.max_size, self.rows = core, max_size, rows
 
     def cohort(self, game: int) -> list[int]:
-        return cohort_of(self.core.usage[game].cpu().numpy(), COHORT_SHARE, self.max_size)
+        """The cohort of class ``game`` (the schedule's ``game``-th distinct game)."""
+        return cohort_of(self.core.usage[self.rows[game]].cpu().numpy(), COHORT_SHARE, self.max_size)
 
 
 class DetectorDriver:
     """One stage's detector, tracker and prefetch policy (see the module docstring)."""
 
-    def __init__(self, detector: GameDetector, num_streams: int, game: int, mode: str,
+    def __init__(self, detector: GameDetector | None, num_streams: int, game: int, mode: str,
                  prefetcher: CohortPrefetcher | None) -> None:
-        """``game``: the stage's class (the game's index among the schedule's distinct games)."""
+        """``game``: the stage's class (the game's index among the schedule's distinct games);
+        ``detector`` None: a run without frames, whose driver only pins the oracle's cohort."""
         self.detector, self.game, self.mode, self.prefetcher = detector, game, mode, prefetcher
         self.tracker = SwitchTracker(num_streams)
         self.steps = 0
@@ -63,6 +72,11 @@ class DetectorDriver:
         self.majority = -1
         if mode == "oracle" and prefetcher is not None:
             prefetcher.switch(game)
+
+    @property
+    def frame_hook(self):
+        """What the actor calls with every step's frames: :meth:`on_frames`, None without a detector."""
+        return None if self.detector is None else self.on_frames
 
     def on_frames(self, frames: np.ndarray) -> None:
         with torch.no_grad():
@@ -96,10 +110,11 @@ class DetectorDriver:
 class EvalDetection:
     """One evaluation's detector, prefetch and expert demands (see the module docstring)."""
 
-    def __init__(self, detector: GameDetector, classes: list[str], mode: str, prefetcher: CohortPrefetcher | None,
-                 core, evict_after_use: bool) -> None:
+    def __init__(self, detector: GameDetector | None, classes: list[str], mode: str,
+                 prefetcher: CohortPrefetcher | None, core, evict_after_use: bool) -> None:
         """``classes``: the schedule's distinct games (the detector's classes); ``core``: the MoE core
-        the evaluation acts with (its ``last_routing``) and whose store serves the demands."""
+        the evaluation acts with (its ``last_routing``) and whose store serves the demands;
+        ``detector`` None: a run without frames (no detection, the rest as with one)."""
         self.detector = copy.deepcopy(detector)  # the actor thread's detector may be learning meanwhile
         self.classes, self.mode, self.prefetcher, self.core = classes, mode, prefetcher, core
         self.evict_after_use = evict_after_use
@@ -109,12 +124,23 @@ class EvalDetection:
         self.steps = self.correct = self.predicted = 0
 
     def on_step(self, game: str, frames: np.ndarray) -> None:
-        """After the policy acted on ``frames`` [K, 4, 84, 84] of ``game``: detect, prefetch, demand."""
+        """After the policy acted on ``frames`` [K, ...] of ``game``: detect (frames [K, 4, 84, 84]
+        only), prefetch, demand."""
         truth = self.classes.index(game)
         if game != self.game:  # a new game's streams
             self.game, self.tracker = game, SwitchTracker(frames.shape[0])
             if self.mode == "oracle" and self.prefetcher is not None:
                 self.prefetcher.switch(truth, training=False)
+        if self.detector is not None:
+            self._detect(truth, frames)
+        ids = torch.unique(self.core.last_routing).tolist()
+        for chunk, _ in self.core.hbm_chunks(ids):  # K streams can route to more experts than hbm holds
+            self.core.store.release(chunk)
+        if self.evict_after_use:
+            self.core.store.evict(ids)
+        self.steps += 1
+
+    def _detect(self, truth: int, frames: np.ndarray) -> None:
         with torch.no_grad():
             prediction = self.detector.predict(frames).cpu()
         self.correct += int((prediction == truth).sum())
@@ -125,12 +151,6 @@ class EvalDetection:
             self.majority = majority
             if self.mode == "detector" and self.prefetcher is not None:
                 self.prefetcher.switch(majority, training=False)
-        ids = torch.unique(self.core.last_routing).tolist()
-        for chunk, _ in self.core.hbm_chunks(ids):  # K streams can route to more experts than hbm holds
-            self.core.store.release(chunk)
-        if self.evict_after_use:
-            self.core.store.evict(ids)
-        self.steps += 1
 
     def close(self) -> dict[str, float]:
         """Hand the prefetcher back to the training game; returns ``eval/detector/accuracy``."""

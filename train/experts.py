@@ -20,7 +20,7 @@ Figures (per logging window, from the store's counters; ``storage/stats.py`` def
     ``cache/bytes/<link>``, and from the router's usage counts ``experts/nmi_game_expert`` and
     ``experts/utilization_entropy`` (``train/expert_metrics.py``). Every evaluation logs the same
     ``cache/*`` figures of its own traffic under ``eval/cache/*`` (stall per env step), plus
-    ``eval/detector/accuracy``; they are left out of the training windows.
+    ``eval/detector/accuracy`` where there is a detector; they are left out of the training windows.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from agent.cores.moe_elstm import SENSITIVITIES, MoEELSTMCore
 from agent.detector import GameDetector
 from agent.model import ActorCritic
 from agent.prefetch import CohortPrefetcher
+from envs.registry import game_id
 from storage.expert_store import ExpertStore
 from storage.manifest import MANIFEST
 from storage.run_dir import RunDir
@@ -54,7 +55,8 @@ from train.learner import Learner
 
 @dataclass
 class ExpertRun:
-    """A run's MoE extras: the store, the game detector and the cohort prefetcher (None when unused)."""
+    """A run's MoE extras: the store, the game detector (None without 84 x 84 frames) and the cohort
+    prefetcher (None when unused)."""
 
     store: ExpertStore | None = None
     detector: GameDetector | None = None
@@ -62,8 +64,9 @@ class ExpertRun:
     prefetch: str = "lru"
 
     def driver(self, cfg: RunConfig, game: str, num_streams: int) -> DetectorDriver | None:
-        """The detector driver of a stage training ``game`` (None without a detector)."""
-        if self.detector is None:
+        """The detector driver of a stage training ``game`` (None without a detector, unless the
+        oracle's prefetcher needs one to pin the stage's cohort)."""
+        if self.detector is None and not (self.prefetch == "oracle" and self.prefetcher is not None):
             return None
         cls = list(dict.fromkeys(cfg.env.games)).index(game)
         return DetectorDriver(self.detector, num_streams, cls, self.prefetch, self.prefetcher)
@@ -82,19 +85,37 @@ class ExpertRun:
 
 def start_experts(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir, device: torch.device,
                   state: dict | None) -> ExpertRun:
-    """The store (new, or reopened at ``state``'s snapshot), the detector (restored from ``state``)
-    and, for ``--prefetch detector|oracle``, the prefetcher; an empty ExpertRun for other cores."""
+    """The store (new, or reopened at ``state``'s snapshot), the detector (restored from ``state``;
+    None where the games have no 84 x 84 frames for it to read, e.g. the T-maze) and, for
+    ``--prefetch detector|oracle``, the prefetcher; an empty ExpertRun for other cores."""
     core = moe_core(model)
     if core is None:
         return ExpertRun()
     store = open_store(cfg, model, learner, rd, device, None if state is None else state.get("expert_snapshot"))
-    detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
-    if state is not None and state.get("detector") is not None:
+    detector = None
+    if cfg.has_frames():
+        detector = GameDetector(len(dict.fromkeys(cfg.env.games)), device=device, seed=cfg.seed)
+    if detector is not None and state is not None and state.get("detector") is not None:
         detector.load_state_dict(state["detector"])
     prefetcher = None
     if cfg.store.prefetch in ("detector", "oracle"):
-        prefetcher = CohortPrefetcher(store, UsageCohorts(core, pin_reserve(cfg)))
+        prefetcher = CohortPrefetcher(store, UsageCohorts(core, pin_reserve(cfg), usage_rows(cfg, core)))
     return ExpertRun(store, detector, prefetcher, cfg.store.prefetch)
+
+
+def usage_rows(cfg: RunConfig, core: MoEELSTMCore) -> list[int]:
+    """The ``core.usage`` row of each of the schedule's distinct games, in the order of first
+    appearance (the detector's and the prefetcher's classes). The core counts by game id, so games
+    that share one (``tmaze-10`` and ``tmaze-20``: one id per number of exits) share a row."""
+    return [int(core.router.game_slot[game_id(g)]) for g in dict.fromkeys(cfg.env.games)]
+
+
+def usage_labels(cfg: RunConfig, core: MoEELSTMCore) -> list[str]:
+    """A label for each row of ``core.usage``: its games, joined by ``/`` where they share it."""
+    labels: list[list[str]] = [[] for _ in range(core.usage.shape[0])]
+    for g, row in zip(dict.fromkeys(cfg.env.games), usage_rows(cfg, core)):
+        labels[row].append(g)
+    return ["/".join(names) for names in labels]
 
 
 def moe_core(model: ActorCritic) -> MoEELSTMCore | None:

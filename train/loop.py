@@ -59,7 +59,8 @@ from train.checkpointing import Progress, checkpoint_state, replica, restore, se
 from train.config import RunConfig
 from train.distributed import World, replica_checksum
 from train.expert_metrics import usage_png
-from train.experts import CacheWindow, ExpertRun, cache_scalars, checkpoint_store, moe_core, start_experts
+from train.experts import (CacheWindow, ExpertRun, cache_scalars, checkpoint_store, moe_core, start_experts,
+                           usage_labels)
 from train.learner import Learner
 from train.logger import Logger
 from train.schedule import crossed, evaluation_due, game_at
@@ -213,7 +214,7 @@ def _train_segment(run: _Run, progress: Progress, bar: tqdm) -> None:
     driver = run.xr.driver(cfg, game, streams)
     sampler = Sampler(env, run.model, cfg.learner.rollout_length, ec.reward_clip, run.device,
                       initial_version=run.learner.version, seed=seed,
-                      on_frames=None if driver is None else driver.on_frames, first_stream=first)
+                      on_frames=None if driver is None else driver.frame_hook, first_stream=first)
     frames_per_update = cfg.frames_per_update()
     window = _Window()
     cache = CacheWindow(run.model)
@@ -304,8 +305,8 @@ def _log_expert_usage(run: _Run, progress: Progress) -> None:
     """The image ``experts/usage`` (game x expert routing shares) after a stage, for the MoE core."""
     core = moe_core(run.model)
     if core is not None and run.world.main:
-        games = list(dict.fromkeys(run.cfg.env.games))
-        run.logger.png(tags.EXPERT_USAGE_IMAGE, usage_png(core.usage.cpu().numpy(), games), progress.total_frames)
+        labels = usage_labels(run.cfg, core)
+        run.logger.png(tags.EXPERT_USAGE_IMAGE, usage_png(core.usage.cpu().numpy(), labels), progress.total_frames)
         run.logger.flush()
 
 

@@ -1,11 +1,13 @@
 """The MoE core in real training runs (envpool Atari, smoke sizes): experts cycling through the
 tiers of a real store (with detector prefetch), the same parameters as with every expert in hbm,
 every cache, expert and detector figure in TensorBoard (training and evaluation) on a
---switch-every stress run, a SIGKILL + resume that rolls the store back to the checkpoint, and bad
-flags rejected with one line."""
+--switch-every stress run, a SIGKILL + resume that rolls the store back to the checkpoint, the
+MoE on the T-maze (no frames, no detector) trained, evaluated, killed and resumed, and bad flags
+rejected with one line."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -25,12 +27,12 @@ SMALL = ["--hbm-experts", "4", "--dram-experts", "5", "--prefetch", "detector"]
 ALL = ["--hbm-experts", "6", "--dram-experts", "6"]
 
 
-def _replica_matches_store(run_dir) -> dict:
+def _replica_matches_store(run_dir, experts: int = 6) -> dict:
     """The latest checkpoint's expert replica equals the store's snapshot of the same name; returns the state."""
     state = CheckpointManager(run_dir).load_latest()
     model = state["model"]
-    store = ExpertStore.open(run_dir / "experts", 6, 6, snapshot=state["expert_snapshot"])  # verifies crc32s
-    for e in range(6):
+    store = ExpertStore.open(run_dir / "experts", experts, experts, snapshot=state["expert_snapshot"])  # verifies crc32s
+    for e in range(experts):
         with store.use([e]) as (rec,):
             assert torch.equal(rec["F"], model["core.expert_F"][e]) and torch.equal(rec["Z"], model["core.expert_Z"][e])
     store.close()
@@ -115,6 +117,41 @@ def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     run_cli("train", *args, "--resume", check=True)
     state = _replica_matches_store(run_dir)
     assert state["progress"]["total_frames"] == 2 * 6400
+
+
+# The T-maze has no frames, so a MoE run on it has no game detector (the default prefetch is lru):
+# 4 experts, top-2 learned routing, through an hbm of 2 and a dram of 3; 8 updates of 320 frames
+# (4 streams x 20 steps x frame skip 4), a checkpoint after every second.
+TMAZE_FRAMES = 2560
+TMAZE = ["--preset", "memory-rtrl", "--games", "tmaze-10", "--encoder", "mlp", "--core", "moe", "--routing", "learned",
+         "--num-experts", "4", "--top-k", "2", "--hbm-experts", "2", "--dram-experts", "3", "--hidden-size", "16",
+         "--num-envs", "4", "--frames-per-game", str(TMAZE_FRAMES), "--checkpoint-every", "640", "--episodes", "2",
+         "--no-progress"]
+
+
+def test_moe_on_the_tmaze_trains_evaluates_and_resumes_without_a_detector(tmp_path):
+    """Killed mid-stage and resumed: the checkpoints hold no detector, the experts learned and match
+    the store, both evaluations have a finite return, and the expert traffic of training and
+    evaluation is in TensorBoard (no detector figures)."""
+    run_dir = tmp_path / "run"
+    args = [*TMAZE, "--run-dir", str(run_dir)]
+    train_and_kill(args, run_dir, lambda frames: 640 <= frames < TMAZE_FRAMES)
+    killed = CheckpointManager(run_dir).load_latest()
+    assert killed["detector"] is None and 0 < killed["progress"]["total_frames"] < TMAZE_FRAMES
+    proc = run_cli("train", *args, "--resume", check=True)
+    assert "resuming from" in proc.stdout
+    state = _replica_matches_store(run_dir, experts=4)
+    assert state["detector"] is None and state["progress"]["total_frames"] == TMAZE_FRAMES
+    assert not torch.equal(state["model"]["core.expert_F"], _initial_experts(run_dir))  # the experts learned
+    returns = json.loads((run_dir / "eval" / "forgetting.json").read_text())["returns"]
+    assert len(returns) == 2 and all(math.isfinite(r) for row in returns for r in row), returns  # before, stage 1
+    ea = EventAccumulator(str(run_dir / "tb"))
+    ea.Reload()
+    scalars = ea.Tags()["scalars"]
+    for tag in ("cache/hit_rate/hbm", "cache/stall_ms_per_step", "eval/cache/hit_rate/hbm", "eval/cache/bytes/dram_to_hbm"):
+        assert tag in scalars and all(math.isfinite(e.value) for e in ea.Scalars(tag)), tag
+    assert sum(e.value for e in ea.Scalars("cache/bytes/dram_to_nvme")) > 0  # 4 experts through a dram of 3
+    assert not [t for t in scalars if "detector/" in t]
 
 
 # --optimizer adam with game routing: Pong trains experts 0, 1 and Breakout 2, 3 (4, 5 are never

@@ -1,5 +1,6 @@
 """The delayed-cue T-maze: the cue only at the start, exact delays, reward only at the cued exit,
-seeding, action masks, oracle and random scores, and bad names refused in one line (exit 2)."""
+seeding, action masks, oracle and random scores, bad names refused in one line (exit 2), and the
+MoE core on it without a game detector (``--prefetch detector`` refused, the default follows to lru)."""
 
 import re
 
@@ -11,7 +12,7 @@ from envs.memory import tmaze
 from envs.memory.oracle import episode_scores
 from envs.registry import GAMES, action_masks, game_id, make_env, num_actions, resolve_game, score_bounds
 from tests.conftest import run_cli
-from train.config import preset
+from train.config import preset, reconcile
 
 
 def _episode(game: str, num_envs: int, seed: int, actions) -> tuple[list, "tmaze.TMaze"]:
@@ -133,7 +134,7 @@ def test_bad_names_on_the_command_line_give_one_line_and_exit_2(games):
     ("tmaze-50", "resnet", "elstm", 27000, "--encoder resnet reads 4 x 84 x 84 frames"),
     ("Pong", "mlp", "elstm", 27000, "--encoder mlp reads small observations"),
     ("tmaze-50,Pong", "mlp", "elstm", 27000, "one observation shape"),
-    ("tmaze-50", "mlp", "moe", 27000, "--core moe runs a game detector"),
+    ("tmaze-50", "mlp", "moe", 27000, "--prefetch detector needs the game detector, which reads 4 x 84 x 84 frames"),
     ("tmaze-50", "mlp", "elstm", 40, "raise it to at least 52"),
 ])
 def test_encoders_cores_and_episode_caps_that_do_not_fit_the_games_are_refused(games, encoder, core, cap, expect):
@@ -151,3 +152,31 @@ def test_tmaze_with_the_mlp_encoder_validates_and_a_cnn_on_it_fails_in_one_line_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "use --encoder mlp" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("routing", ["learned", "game"])
+def test_the_moe_core_runs_on_the_tmaze_without_a_detector_and_the_default_prefetch_follows_to_lru(routing):
+    """No frames, no game detector: the default preset's --prefetch detector follows to lru (it was not
+    chosen), and every prefetch mode but the detector's validates, oracle included (it knows the game
+    from the schedule)."""
+    cfg = preset("default")
+    assert cfg.has_frames() and cfg.store.prefetch == "detector"
+    cfg.env.games, cfg.model.encoder, cfg.model.routing = ["tmaze-50"], "mlp", routing
+    assert not cfg.has_frames()
+    assert reconcile(cfg, {"env.games", "model.encoder", "model.routing"}) == [
+        "store.prefetch: 'detector' -> 'lru' (the game detector reads 84 x 84 frames; tmaze-50 has none)"]
+    for prefetch in ("lru", "oracle", "none"):
+        cfg.store.prefetch = prefetch
+        cfg.validate()
+
+
+def test_detector_prefetch_on_the_tmaze_is_one_line_naming_the_modes_that_work(tmp_path):
+    run_dir = tmp_path / "r"
+    proc = run_cli("train", "--preset", "memory-rtrl", "--games", "tmaze-10", "--encoder", "mlp", "--core", "moe",
+                   "--prefetch", "detector", "--run-dir", str(run_dir))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "--prefetch detector" in lines[0] and "84 x 84 frames" in lines[0] and "tmaze-10" in lines[0]
+    assert all(mode in lines[0] for mode in ("--prefetch oracle", "lru", "none")), lines[0]
+    assert not run_dir.exists()
