@@ -1,4 +1,4 @@
-# `make run` trains the default preset; `make test` runs the test suite.
+# `make run` trains the cpu preset (Atari learning on 2 CPU cores); `make test` runs the test suite.
 # Both create .venv on first use and re-install when requirements.txt changes.
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/python run.py train
+	$(VENV)/bin/python run.py train --preset cpu
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
