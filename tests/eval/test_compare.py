@@ -120,6 +120,15 @@ def test_single_group_is_labelled_by_directory(tmp_path):
     assert result["labels"] == ["a"] and dict(result["rows"])["seeds"] == [2]
 
 
+def test_single_group_in_the_results_layout_is_labelled_by_its_config_directory(tmp_path):
+    """results/<experiment>/<config>/seed<S>: the label is <config>, not the seed directory's name."""
+    a = make_run(tmp_path / "lstm" / "seed1", [[0.5, NAN], [0.2, 0.8]], seed=1)
+    b = make_run(tmp_path / "lstm" / "seed2", [[0.6, NAN], [0.4, 0.6]], seed=2)
+    assert compare_runs([a, b], reps=200)["labels"] == ["lstm"]
+    c = make_run(tmp_path / "seeds" / "seed1x", [[0.5, NAN], [0.2, 0.8]], seed=1)  # not a seed<S> name
+    assert compare_runs([c], reps=200)["labels"] == ["seed1x"]
+
+
 def test_cli_writes_csv_that_reads_back(runs, tmp_path):
     out_csv = tmp_path / "out" / "table.csv"
     proc = run_cli("eval", "--compare", *map(str, runs), "--csv", str(out_csv), timeout=60, check=True)
