@@ -26,6 +26,9 @@ Per group, with :math:`h^{(n)}_g` the final-stage HNS of seed ``n`` on game ``g`
 - ``mean_forgetting`` and ``bwt`` (with ``_low``, ``_high``): the mean over seeds of each run's
   ``metrics.<name>``, with the bootstrap interval over seeds (:func:`eval.metrics.stratified_bootstrap_ci`
   of one stratum, statistic the mean);
+- ``forgetting/<game>`` (with ``forgetting_low/<game>``, ``forgetting_high/<game>``): the same
+  for each game's own forgetting (``metrics.forgetting``; undefined for the last game), so a
+  forgetting that another game's gain cancels in the mean still shows;
 - ``mean_zero_shot_transfer`` and ``mean_forward_transfer``: the mean over seeds of each run's
   ``metrics.<name>`` (forward transfer needs the runs evaluated with ``--reference-run``);
 - ``wall_minutes``: the mean over seeds of each run's wall time, training + evaluation
@@ -110,6 +113,8 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
              for j, game in enumerate(games) for name in ("learning", "learning_low", "learning_high", "learned")]
     rows += [(f"{name}{suffix}", [c[f"{name}{suffix}"] for c in columns])
              for name in _SEED_INTERVAL_METRICS for suffix in ("", "_low", "_high")]
+    rows += [(f"{name}/{game}", [c[name][j] for c in columns])
+             for j, game in enumerate(games) for name in ("forgetting", "forgetting_low", "forgetting_high")]
     rows += [(name, [c[name] for c in columns]) for name in (*_MEAN_METRICS, "wall_minutes", "note")]
 
     csv_path = Path(csv_path) if csv_path is not None else RunDir(run_dirs[0]).eval / CSV_NAME
@@ -192,10 +197,11 @@ def _group_stats(group: list[_Run], games: list[str], reps: int) -> dict[str, An
     stats["learning"], stats["learning_low"], stats["learning_high"] = (list(x) for x in zip(*learning))
     stats["learned"] = [None if p is None else _verdict(low, high) for p, low, high in learning]
     for name in _SEED_INTERVAL_METRICS:
-        values = np.array([v for r in group if (v := r.doc["metrics"].get(name)) is not None], dtype=np.float64)
-        point, low, high = (stratified_bootstrap_ci(values, statistic=np.mean, reps=reps, seed=0)
-                            if values.size else (None, None, None))
+        point, low, high = _seed_interval([r.doc["metrics"].get(name) for r in group], reps)
         stats.update({name: point, f"{name}_low": low, f"{name}_high": high})
+    per_game = [_seed_interval([(r.doc["metrics"].get("forgetting") or {}).get(g) for r in group], reps)
+                for g in games]  # the last game's forgetting is undefined (None)
+    stats["forgetting"], stats["forgetting_low"], stats["forgetting_high"] = (list(x) for x in zip(*per_game))
     for name in _MEAN_METRICS:
         values = [r.doc["metrics"].get(name) for r in group]
         stats[name] = mean_or_none(np.array([v for v in values if v is not None], dtype=np.float64))
@@ -256,6 +262,13 @@ def _csv_text(labels: list[str], rows: list[tuple[str, list[Any]]]) -> str:
     return out.getvalue()
 
 
+def _seed_interval(values: list[float | None], reps: int) -> tuple[float | None, float | None, float | None]:
+    """(mean, low, high) over the seeds' defined ``values`` with the bootstrap interval over seeds;
+    all None when no seed defines it."""
+    defined = np.array([v for v in values if v is not None], dtype=np.float64)
+    return stratified_bootstrap_ci(defined, statistic=np.mean, reps=reps, seed=0) if defined.size else (None, None, None)
+
+
 def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: list[str]) -> str:
     """The printed table: groups as columns, each interval folded into its point's row."""
     cells = dict(rows)
@@ -266,6 +279,7 @@ def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: lis
                                           zip(_interval_cells(cells, "learning", f"/{g}"), cells[f"learned/{g}"])])
               for g in games]
     lines.append(("mean forgetting [95% CI]", _interval_cells(cells, "mean_forgetting")))
+    lines += [(f"  forgetting {g} [95% CI]", _interval_cells(cells, "forgetting", f"/{g}")) for g in games[:-1]]
     lines.append(("BWT [95% CI]", _interval_cells(cells, "bwt")))
     lines.append(("zero-shot transfer", [_fmt(x) for x in cells["mean_zero_shot_transfer"]]))
     lines.append(("forward transfer", [_fmt(x) for x in cells["mean_forward_transfer"]]))

@@ -104,11 +104,16 @@ def test_groups_by_config_and_matches_hand_computation(runs, capsys):
     assert rows["mean_forgetting_low"] == pytest.approx([0.2, 0.0])
     assert rows["mean_forgetting_high"] == pytest.approx([0.3, 0.0])
     assert rows["bwt_low"] == pytest.approx([-0.3, 0.0]) and rows["bwt_high"] == pytest.approx([-0.2, 0.0])
+    # Per game: with two games only Pong's forgetting is defined, and it is the mean's.
+    for suffix in ("", "_low", "_high"):
+        assert rows[f"forgetting{suffix}/Pong"] == pytest.approx(rows[f"mean_forgetting{suffix}"])
+        assert rows[f"forgetting{suffix}/Breakout"] == [None, None]
     assert rows["note"] == ["", "1 seed: interval degenerate over seeds"]
     out = capsys.readouterr().out
     assert lstm in out and "0.500 [" in out and "1 seed: interval degenerate" in out
     assert "learning Pong [95% CI]" in out and "0.550 [0.500, 0.600] yes" in out
     assert "mean forgetting [95% CI]" in out and "0.250 [0.200, 0.300]" in out
+    assert "  forgetting Pong [95% CI]" in out and "forgetting Breakout" not in out
     assert "BWT [95% CI]" in out and "-0.250 [-0.300, -0.200]" in out
     assert result["csv"] == runs[0] / "eval" / "compare.csv" and result["csv"].exists()
 
