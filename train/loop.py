@@ -63,7 +63,7 @@ from train.experts import (CacheWindow, ExpertRun, cache_scalars, checkpoint_sto
                            usage_labels)
 from train.learner import Learner
 from train.logger import Logger
-from train.schedule import crossed, evaluation_due, game_at
+from train.schedule import crossed, evaluation_due, game_at, game_index
 from train.screen_use import screen_kl
 
 
@@ -274,7 +274,8 @@ def _count_training(progress: Progress, mark: float) -> float:
 
 def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cache: CacheWindow,
                 driver, bar: tqdm, recent: list[float]) -> None:
-    """Gather every rank's window and write it (rank 0): rank 0's learner figures, ``charts/SPS`` and
+    """Gather every rank's window and write it (rank 0): rank 0's learner figures, ``charts/game``
+    (the index of the game trained in the window: ``train.schedule.game_index``), ``charts/SPS`` and
     the ``cache/*`` figures of all ranks summed, each rank's own under ``rank<r>/`` (more than one
     rank), and every rank's finished episodes at the frame counts they ended at."""
     detector = {} if driver is None else driver.stats()
@@ -282,7 +283,8 @@ def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cac
     ranks = run.world.gather(mine)
     if not run.world.main:
         return
-    scalars = {**window.summary(progress), tags.SPS: sum(r["sps"] for r in ranks), **detector}
+    scalars = {**window.summary(progress), tags.GAME: game_index(run.cfg, game), tags.SPS: sum(r["sps"] for r in ranks),
+               **detector}
     if cache.core is not None:
         total = {k: sum(r["cache"][k] for r in ranks) for k in mine["cache"]}
         scalars.update(cache.scalars(total, window.n))

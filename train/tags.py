@@ -18,6 +18,7 @@ import re
 SPS = "charts/SPS"
 FRAMES = "charts/frames"
 STAGE = "charts/stage"
+GAME = "charts/game"
 LEARNING_RATE = "charts/learning_rate"
 
 # The learner (train/learner.py) ---------------------------------------------------------------
@@ -115,6 +116,7 @@ REFERENCE: tuple[tuple[str, str], ...] = (
     (SPS, "agent steps per second since the previous write (all ranks summed)"),
     (FRAMES, "total environment frames so far"),
     (STAGE, "index of the stage being trained"),
+    (GAME, "index of the game being trained among the schedule's distinct games (--games order): steps at every game switch, --switch-every's included"),
     (LEARNING_RATE, "the learning rate of the latest update"),
     (LOSS_POLICY, "V-trace policy-gradient loss of the latest updates"),
     (LOSS_VALUE, "value loss 0.5 sum (v_s - V)^2 of the latest updates"),

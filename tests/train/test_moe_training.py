@@ -1,9 +1,9 @@
 """The MoE core in real training runs (envpool Atari, smoke sizes): experts cycling through the
 tiers of a real store (with detector prefetch), the same parameters as with every expert in hbm,
 every cache, expert and detector figure in TensorBoard (training and evaluation) on a
---switch-every stress run, a SIGKILL + resume that rolls the store back to the checkpoint, the
-MoE on the T-maze (no frames, no detector) trained, evaluated, killed and resumed, and bad flags
-rejected with one line."""
+--switch-every stress run, ``charts/game`` stepping through the games, a SIGKILL + resume that
+rolls the store back to the checkpoint, the MoE on the T-maze (no frames, no detector) trained,
+evaluated, killed and resumed, and bad flags rejected with one line."""
 
 from __future__ import annotations
 
@@ -106,6 +106,18 @@ def test_switch_every_cycles_the_games_inside_each_stage(switch_run):
     assert (per_game > 0).all(), per_game
     # Decayed counts: the most recent game weighs most, but no game is far behind in a 3-visit stage.
     assert per_game.min() > 0.2 * per_game.max(), per_game
+
+
+def test_charts_game_steps_through_the_games_at_every_switch(switch_run):
+    """--switch-every 1280 over 3 x 3,840 frames: segment k trains run frames (1280 k, 1280 (k + 1)],
+    game k mod 3 (Pong 0, Breakout 1, SpaceInvaders 2), and logs at least its last window."""
+    ea = EventAccumulator(str(switch_run / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    points = [(e.step, e.value) for e in ea.Scalars("charts/game")]
+    assert points and all(value == ((step - 1) // 1280) % 3 for step, value in points), points
+    assert sorted({(step - 1) // 1280 for step, _ in points}) == list(range(9))
+    changes = [value for i, (_, value) in enumerate(points) if i == 0 or value != points[i - 1][1]]
+    assert changes == [0, 1, 2] * 3
 
 
 @pytest.mark.slow  # 1.5-3 min; tests/train/test_chaos.py (slow too) kills a MoE run 30 times

@@ -50,6 +50,14 @@ def test_smoke_run_logs_sps_and_returns_of_both_games(smoke_run):
         (0, 1000, 320), (4160, 1000, 320), (8320, 1000, 320)]
 
 
+def test_charts_game_is_the_game_of_each_stage(smoke_run):
+    acc = _scalars(smoke_run)
+    game = {e.step: e.value for e in acc.Scalars("charts/game")}
+    assert game == {e.step: e.value for e in acc.Scalars("charts/stage")}  # 2 distinct games, no --switch-every
+    assert {v for step, v in game.items() if step <= 4160} == {0.0}  # Pong up to stage 1's end
+    assert {v for step, v in game.items() if step > 4160} == {1.0}  # then Breakout
+
+
 def test_policy_lag_is_logged_and_never_more_than_one(smoke_run):
     lags = [e.value for e in _scalars(smoke_run).Scalars("stats/policy_lag")]
     assert lags and all(0.0 <= lag <= 1.0 for lag in lags)
