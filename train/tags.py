@@ -165,6 +165,51 @@ REFERENCE: tuple[tuple[str, str], ...] = (
 """Every tag (with placeholders) and its meaning: ``docs/metrics.md`` is generated from it."""
 
 
+def _exactly(tag: str) -> str:
+    """The regular expression of ``tag`` alone (TensorBoard's Custom Scalars match a chart's
+    expressions with ``re.match``: anchored at the start only)."""
+    return f"^{re.escape(tag)}$"
+
+
+def _cache_charts(prefix: str, stall: str) -> dict[str, list]:
+    """The cache charts of the tags under ``prefix`` ('' for training, ``eval/`` for the evaluations)."""
+    p = re.escape(prefix)
+    return {
+        "hit rate per tier (hbm, dram)": ["Multiline", [_exactly(prefix + CACHE_HIT_HBM), _exactly(prefix + CACHE_HIT_DRAM)]],
+        "prefetch precision / coverage / timeliness": [
+            "Multiline", [_exactly(prefix + t) for t in (CACHE_PRECISION, CACHE_COVERAGE, CACHE_TIMELINESS)]],
+        stall: ["Multiline", [_exactly(prefix + CACHE_STALL)]],
+        "bytes per link": ["Multiline", [f"^{p}{re.escape(cache_bytes(''))}[^/]+$"]],
+    }
+
+
+CACHE_DASHBOARD_TRAINING = "expert cache: training"
+CACHE_DASHBOARD_EVALUATION = "expert cache: evaluations"
+
+
+def cache_dashboard() -> dict[str, dict[str, list]]:
+    """The Custom Scalars layout of a MoE run (TensorBoard's Custom Scalars tab), in the form of
+    ``SummaryWriter.add_custom_scalars``: ``{category: {chart title: ["Multiline", [tag regexes]]}}``.
+
+    Training: the game being trained (``charts/game``, so the switches show on the same frame axis),
+    the hit rate of each tier, the prefetches' precision, coverage and timeliness, the stall per
+    learner update, the bytes of each link and the detector's accuracy. Evaluations: the same cache
+    figures of the evaluations' own traffic (``eval/cache/*``, stall per env step) and the detector's
+    accuracy there. Every expression names tags of :data:`REFERENCE` (a test reads the layout back
+    from a run's event files and matches each against the tags the run wrote)."""
+    return {
+        CACHE_DASHBOARD_TRAINING: {
+            "game being trained (charts/game)": ["Multiline", [_exactly(GAME)]],
+            **_cache_charts("", "stall ms per step (learner update)"),
+            "game detector accuracy": ["Multiline", [_exactly(DETECTOR_ACCURACY)]],
+        },
+        CACHE_DASHBOARD_EVALUATION: {
+            **_cache_charts(EVAL_PREFIX, "stall ms per env step"),
+            "game detector accuracy": ["Multiline", [_exactly(EVAL_PREFIX + DETECTOR_ACCURACY)]],
+        },
+    }
+
+
 def reference_pattern(tag: str) -> re.Pattern:
     """The regular expression of every concrete tag that REFERENCE's ``tag`` stands for."""
     special = {"<cache tag>": r".+", "<SPS or cache tag>": r"(charts/SPS|cache/.+)"}
