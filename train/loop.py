@@ -138,7 +138,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     if purge == 0 and moe_core(model) is not None:
         # The cache dashboard (TensorBoard's Custom Scalars tab) is a summary at step 0: a resume's
         # purge step > 0 keeps the one written at the start, a purge at 0 drops it. So: once per run.
-        logger.custom_scalars(tags.cache_dashboard())
+        logger.custom_scalars(tags.cache_dashboard(detector=xr.detector is not None))
     if due:
         logger.replay(state.get("tb_tail"), progress.total_frames)
     run = _Run(cfg, model, learner, xr, ckpts, rd, logger, device, world, show_progress and world.main,

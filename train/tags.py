@@ -187,7 +187,7 @@ CACHE_DASHBOARD_TRAINING = "expert cache: training"
 CACHE_DASHBOARD_EVALUATION = "expert cache: evaluations"
 
 
-def cache_dashboard() -> dict[str, dict[str, list]]:
+def cache_dashboard(detector: bool = True) -> dict[str, dict[str, list]]:
     """The Custom Scalars layout of a MoE run (TensorBoard's Custom Scalars tab), in the form of
     ``SummaryWriter.add_custom_scalars``: ``{category: {chart title: ["Multiline", [tag regexes]]}}``.
 
@@ -195,18 +195,19 @@ def cache_dashboard() -> dict[str, dict[str, list]]:
     the hit rate of each tier, the prefetches' precision, coverage and timeliness, the stall per
     learner update, the bytes of each link and the detector's accuracy. Evaluations: the same cache
     figures of the evaluations' own traffic (``eval/cache/*``, stall per env step) and the detector's
-    accuracy there. Every expression names tags of :data:`REFERENCE` (a test reads the layout back
-    from a run's event files and matches each against the tags the run wrote)."""
+    accuracy there. ``detector=False`` (a run without a game detector: no 84 x 84 frames) leaves the
+    detector's charts out. Every expression names tags of :data:`REFERENCE` (a test reads the layout
+    back from a run's event files and matches each against the tags the run wrote)."""
+    def accuracy(prefix: str) -> dict[str, list]:
+        return {"game detector accuracy": ["Multiline", [_exactly(prefix + DETECTOR_ACCURACY)]]} if detector else {}
+
     return {
         CACHE_DASHBOARD_TRAINING: {
             "game being trained (charts/game)": ["Multiline", [_exactly(GAME)]],
             **_cache_charts("", "stall ms per step (learner update)"),
-            "game detector accuracy": ["Multiline", [_exactly(DETECTOR_ACCURACY)]],
+            **accuracy(""),
         },
-        CACHE_DASHBOARD_EVALUATION: {
-            **_cache_charts(EVAL_PREFIX, "stall ms per env step"),
-            "game detector accuracy": ["Multiline", [_exactly(EVAL_PREFIX + DETECTOR_ACCURACY)]],
-        },
+        CACHE_DASHBOARD_EVALUATION: {**_cache_charts(EVAL_PREFIX, "stall ms per env step"), **accuracy(EVAL_PREFIX)},
     }
 
 

@@ -229,6 +229,13 @@ def test_moe_on_the_tmaze_trains_evaluates_and_resumes_without_a_detector(tmp_pa
         assert tag in scalars and all(math.isfinite(e.value) for e in ea.Scalars(tag)), tag
     assert sum(e.value for e in ea.Scalars("cache/bytes/dram_to_nvme")) > 0  # 4 experts through a dram of 3
     assert not [t for t in scalars if "detector/" in t]
+    # The cache dashboard, written once (the resume kept it), has no detector charts here.
+    layout = _layout(run_dir)
+    assert _layouts_written(run_dir) == 1
+    charts = [(c.title, ch.title) for c in layout.category for ch in c.chart]
+    assert len(charts) == 9 and not [t for t in charts if "detector" in t[1]], charts
+    assert all(_logged(regex, set(scalars)) for c in layout.category for ch in c.chart for regex in ch.multiline.tag
+               if "prefetch" not in ch.title)  # the lru cache issues no prefetches
 
 
 # --optimizer adam with game routing: Pong trains experts 0, 1 and Breakout 2, 3 (4, 5 are never
