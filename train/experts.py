@@ -51,6 +51,7 @@ from train.distributed import World
 from train.expert_optimizer import ExpertRule, expert_rule
 from train.expert_metrics import nmi_game_expert, utilization_entropy
 from train.learner import Learner
+from train.schedule import game_index
 
 
 @dataclass
@@ -68,8 +69,7 @@ class ExpertRun:
         oracle's prefetcher needs one to pin the stage's cohort)."""
         if self.detector is None and not (self.prefetch == "oracle" and self.prefetcher is not None):
             return None
-        cls = list(dict.fromkeys(cfg.env.games)).index(game)
-        return DetectorDriver(self.detector, num_streams, cls, self.prefetch, self.prefetcher)
+        return DetectorDriver(self.detector, num_streams, game_index(cfg, game), self.prefetch, self.prefetcher)
 
     def eval_cache(self, cfg: RunConfig, model: ActorCritic) -> "EvalCache | None":
         """The expert traffic of one evaluation (None without a store)."""

@@ -10,7 +10,8 @@ takes it again. The scalars logged at F before that checkpoint (the stage's last
 are then written again from the checkpoint (:meth:`Logger.tail`, :meth:`Logger.replay`), so the
 frame axis has no gap and no step twice. Scalars from the learner are averaged over the updates
 since the previous write (every ``log_every`` seconds); episode returns are logged one point per
-episode. The tag names are ``train/tags.py``'s.
+episode. A MoE run also writes the Custom Scalars layout of the expert cache
+(``train.tags.cache_dashboard``) once, at step 0. The tag names are ``train/tags.py``'s.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ class Logger:
         """Log again the scalars of ``tail`` (a :meth:`tail` saved in a checkpoint) if it is at ``step``."""
         if tail is not None and tail["step"] == step and tail["scalars"]:
             self.scalars(tail["scalars"], step)
+
+    def custom_scalars(self, layout: dict) -> None:
+        """Write a Custom Scalars layout (``SummaryWriter.add_custom_scalars``'s form, e.g.
+        ``train.tags.cache_dashboard()``): a one-off summary at step 0, so write it only when the
+        writer was opened with purge step 0 (a new run, or a restart that drops everything): a
+        later purge step keeps the one already written."""
+        if self._writer is not None:
+            self._writer.add_custom_scalars(layout)
 
     def png(self, tag: str, data: bytes, step: int) -> None:
         """Log a PNG image (e.g. a plot already written to the run dir) under ``tag``."""

@@ -63,7 +63,7 @@ from train.experts import (CacheWindow, ExpertRun, cache_scalars, checkpoint_sto
                            usage_labels)
 from train.learner import Learner
 from train.logger import Logger
-from train.schedule import crossed, evaluation_due, game_at
+from train.schedule import crossed, evaluation_due, game_at, game_index
 from train.screen_use import screen_kl
 
 
@@ -135,6 +135,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, allow_config_chan
     due = state is not None and _evaluation_due(cfg, progress)
     purge = 0 if state is None else progress.total_frames + (0 if due else 1)
     logger = Logger(rd.tb, purge_step=purge, enabled=world.main)
+    if purge == 0 and moe_core(model) is not None:
+        # The cache dashboard (TensorBoard's Custom Scalars tab) is a summary at step 0: a resume's
+        # purge step > 0 keeps the one written at the start, a purge at 0 drops it. So: once per run.
+        logger.custom_scalars(tags.cache_dashboard(detector=xr.detector is not None))
     if due:
         logger.replay(state.get("tb_tail"), progress.total_frames)
     run = _Run(cfg, model, learner, xr, ckpts, rd, logger, device, world, show_progress and world.main,
@@ -274,7 +278,8 @@ def _count_training(progress: Progress, mark: float) -> float:
 
 def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cache: CacheWindow,
                 driver, bar: tqdm, recent: list[float]) -> None:
-    """Gather every rank's window and write it (rank 0): rank 0's learner figures, ``charts/SPS`` and
+    """Gather every rank's window and write it (rank 0): rank 0's learner figures, ``charts/game``
+    (the index of the game trained in the window: ``train.schedule.game_index``), ``charts/SPS`` and
     the ``cache/*`` figures of all ranks summed, each rank's own under ``rank<r>/`` (more than one
     rank), and every rank's finished episodes at the frame counts they ended at."""
     detector = {} if driver is None else driver.stats()
@@ -282,7 +287,8 @@ def _log_window(run: _Run, progress: Progress, game: str, window: "_Window", cac
     ranks = run.world.gather(mine)
     if not run.world.main:
         return
-    scalars = {**window.summary(progress), tags.SPS: sum(r["sps"] for r in ranks), **detector}
+    scalars = {**window.summary(progress), tags.GAME: game_index(run.cfg, game), tags.SPS: sum(r["sps"] for r in ranks),
+               **detector}
     if cache.core is not None:
         total = {k: sum(r["cache"][k] for r in ranks) for k in mine["cache"]}
         scalars.update(cache.scalars(total, window.n))

@@ -18,6 +18,12 @@ def game_at(cfg: RunConfig, stage: int, total_frames: int) -> str:
     return games[(total_frames // every) % len(games)] if every else games[stage]
 
 
+def game_index(cfg: RunConfig, game: str) -> int:
+    """The index of ``game`` among the schedule's distinct games, in ``--games`` order (a game listed
+    twice keeps its first index): the game detector's class and ``charts/game``."""
+    return list(dict.fromkeys(cfg.env.games)).index(game)
+
+
 def crossed(total_frames: int, step: int, every: int) -> bool:
     """Whether the last ``step`` frames, ending at ``total_frames``, crossed a multiple of ``every``."""
     return total_frames // every != (total_frames - step) // every

@@ -18,6 +18,7 @@ import re
 SPS = "charts/SPS"
 FRAMES = "charts/frames"
 STAGE = "charts/stage"
+GAME = "charts/game"
 LEARNING_RATE = "charts/learning_rate"
 
 # The learner (train/learner.py) ---------------------------------------------------------------
@@ -115,6 +116,7 @@ REFERENCE: tuple[tuple[str, str], ...] = (
     (SPS, "agent steps per second since the previous write (all ranks summed)"),
     (FRAMES, "total environment frames so far"),
     (STAGE, "index of the stage being trained"),
+    (GAME, "index of the game being trained among the schedule's distinct games (--games order): steps at every game switch, --switch-every's included"),
     (LEARNING_RATE, "the learning rate of the latest update"),
     (LOSS_POLICY, "V-trace policy-gradient loss of the latest updates"),
     (LOSS_VALUE, "value loss 0.5 sum (v_s - V)^2 of the latest updates"),
@@ -161,6 +163,52 @@ REFERENCE: tuple[tuple[str, str], ...] = (
     (DIAG_EVAL_ACCURACY, "`run.py diag --tb DIR`: accuracy on held-out sequences at the end"),
 )
 """Every tag (with placeholders) and its meaning: ``docs/metrics.md`` is generated from it."""
+
+
+def _exactly(tag: str) -> str:
+    """The regular expression of ``tag`` alone (TensorBoard's Custom Scalars match a chart's
+    expressions with ``re.match``: anchored at the start only)."""
+    return f"^{re.escape(tag)}$"
+
+
+def _cache_charts(prefix: str, stall: str) -> dict[str, list]:
+    """The cache charts of the tags under ``prefix`` ('' for training, ``eval/`` for the evaluations)."""
+    p = re.escape(prefix)
+    return {
+        "hit rate per tier (hbm, dram)": ["Multiline", [_exactly(prefix + CACHE_HIT_HBM), _exactly(prefix + CACHE_HIT_DRAM)]],
+        "prefetch precision / coverage / timeliness": [
+            "Multiline", [_exactly(prefix + t) for t in (CACHE_PRECISION, CACHE_COVERAGE, CACHE_TIMELINESS)]],
+        stall: ["Multiline", [_exactly(prefix + CACHE_STALL)]],
+        "bytes per link": ["Multiline", [f"^{p}{re.escape(cache_bytes(''))}[^/]+$"]],
+    }
+
+
+CACHE_DASHBOARD_TRAINING = "expert cache: training"
+CACHE_DASHBOARD_EVALUATION = "expert cache: evaluations"
+
+
+def cache_dashboard(detector: bool = True) -> dict[str, dict[str, list]]:
+    """The Custom Scalars layout of a MoE run (TensorBoard's Custom Scalars tab), in the form of
+    ``SummaryWriter.add_custom_scalars``: ``{category: {chart title: ["Multiline", [tag regexes]]}}``.
+
+    Training: the game being trained (``charts/game``, so the switches show on the same frame axis),
+    the hit rate of each tier, the prefetches' precision, coverage and timeliness, the stall per
+    learner update, the bytes of each link and the detector's accuracy. Evaluations: the same cache
+    figures of the evaluations' own traffic (``eval/cache/*``, stall per env step) and the detector's
+    accuracy there. ``detector=False`` (a run without a game detector: no 84 x 84 frames) leaves the
+    detector's charts out. Every expression names tags of :data:`REFERENCE` (a test reads the layout
+    back from a run's event files and matches each against the tags the run wrote)."""
+    def accuracy(prefix: str) -> dict[str, list]:
+        return {"game detector accuracy": ["Multiline", [_exactly(prefix + DETECTOR_ACCURACY)]]} if detector else {}
+
+    return {
+        CACHE_DASHBOARD_TRAINING: {
+            "game being trained (charts/game)": ["Multiline", [_exactly(GAME)]],
+            **_cache_charts("", "stall ms per step (learner update)"),
+            **accuracy(""),
+        },
+        CACHE_DASHBOARD_EVALUATION: {**_cache_charts(EVAL_PREFIX, "stall ms per env step"), **accuracy(EVAL_PREFIX)},
+    }
 
 
 def reference_pattern(tag: str) -> re.Pattern:

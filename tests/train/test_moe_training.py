@@ -1,18 +1,23 @@
 """The MoE core in real training runs (envpool Atari, smoke sizes): experts cycling through the
 tiers of a real store (with detector prefetch), the same parameters as with every expert in hbm,
 every cache, expert and detector figure in TensorBoard (training and evaluation) on a
---switch-every stress run, a SIGKILL + resume that rolls the store back to the checkpoint, the
-MoE on the T-maze (no frames, no detector) trained, evaluated, killed and resumed, and bad flags
-rejected with one line."""
+--switch-every stress run, the cache dashboard (a Custom Scalars layout) read back from its event
+files, ``charts/game`` stepping through the games, a SIGKILL + resume that rolls the store back to
+the checkpoint (and keeps one dashboard), the MoE on the T-maze (no frames, no detector) trained,
+evaluated, killed and resumed, and bad flags rejected with one line."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar.metadata import CONFIG_SUMMARY_TAG
 
 from storage.checkpoint import CheckpointManager
 from storage.expert_store import ExpertStore
@@ -108,6 +113,75 @@ def test_switch_every_cycles_the_games_inside_each_stage(switch_run):
     assert per_game.min() > 0.2 * per_game.max(), per_game
 
 
+def _layout(run_dir) -> layout_pb2.Layout:
+    """The Custom Scalars layout of a run, read back by tensorboard's EventAccumulator (as the
+    plugin's own tag): exactly one, at step 0."""
+    ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"tensors": 0})
+    ea.Reload()
+    events = ea.Tensors(CONFIG_SUMMARY_TAG)
+    assert [e.step for e in events] == [0]
+    assert ea.SummaryMetadata(CONFIG_SUMMARY_TAG).plugin_data.plugin_name == "custom_scalars"
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events[0].tensor_proto.string_val[0])
+    return layout
+
+
+def _layouts_written(run_dir) -> int:
+    """Layout summaries in all of a run's event files, purged or not (every write counts)."""
+    return sum(v.tag == CONFIG_SUMMARY_TAG for path in sorted((run_dir / "tb").glob("events.out.tfevents.*"))
+               for event in EventFileLoader(str(path)).Load() for v in event.summary.value)
+
+
+def _logged(regex: str, scalars: set[str]) -> list[str]:
+    """The logged scalar tags a layout expression shows: the plugin's own matching (``re.match``)."""
+    return sorted(t for t in scalars if re.match(regex, t))
+
+
+def test_the_cache_dashboard_is_in_the_event_files_and_names_only_logged_tags(switch_run):
+    layout = _layout(switch_run)
+    assert [c.title for c in layout.category] == ["expert cache: training", "expert cache: evaluations"]
+    training, evaluation = ([ch.title for ch in c.chart] for c in layout.category)
+    assert training == ["game being trained (charts/game)", "hit rate per tier (hbm, dram)",
+                        "prefetch precision / coverage / timeliness", "stall ms per step (learner update)",
+                        "bytes per link", "game detector accuracy"]
+    assert evaluation == ["hit rate per tier (hbm, dram)", "prefetch precision / coverage / timeliness",
+                          "stall ms per env step", "bytes per link", "game detector accuracy"]
+    ea = EventAccumulator(str(switch_run / "tb"))
+    ea.Reload()
+    scalars = set(ea.Tags()["scalars"])
+    charts, unmatched = {}, []
+    for category in layout.category:
+        for chart in category.chart:
+            assert chart.WhichOneof("content") == "multiline", chart.title
+            shown = [_logged(regex, scalars) for regex in chart.multiline.tag]
+            unmatched += [(chart.title, regex) for regex, tags_shown in zip(chart.multiline.tag, shown) if not tags_shown]
+            charts[(category.title, chart.title)] = sorted(sum(shown, []))
+    assert unmatched == []  # every expression of the layout shows at least one tag the run wrote
+    assert charts[("expert cache: training", "hit rate per tier (hbm, dram)")] == ["cache/hit_rate/dram",
+                                                                                    "cache/hit_rate/hbm"]
+    links = ["dram_to_hbm", "dram_to_nvme", "hbm_to_dram", "nvme_to_dram"]
+    assert charts[("expert cache: training", "bytes per link")] == [f"cache/bytes/{link}" for link in links]
+    assert charts[("expert cache: evaluations", "bytes per link")] == [f"eval/cache/bytes/{link}" for link in links]
+    assert charts[("expert cache: training", "prefetch precision / coverage / timeliness")] == [
+        "cache/prefetch/coverage", "cache/prefetch/precision", "cache/prefetch/timeliness"]
+    # Negative controls: a made-up tag, a tier without a hit rate, and the training chart's expression
+    # against the evaluations' and a rank's tags of the same figure match nothing.
+    assert _logged("^cache/prefetch/recall$", scalars) == [] and _logged("^cache/hit_rate/nvme$", scalars) == []
+    assert _logged("^cache/bytes/[^/]+$", {"eval/cache/bytes/dram_to_hbm", "rank1/cache/bytes/dram_to_hbm"}) == []
+
+
+def test_charts_game_steps_through_the_games_at_every_switch(switch_run):
+    """--switch-every 1280 over 3 x 3,840 frames: segment k trains run frames (1280 k, 1280 (k + 1)],
+    game k mod 3 (Pong 0, Breakout 1, SpaceInvaders 2), and logs at least its last window."""
+    ea = EventAccumulator(str(switch_run / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    points = [(e.step, e.value) for e in ea.Scalars("charts/game")]
+    assert points and all(value == ((step - 1) // 1280) % 3 for step, value in points), points
+    assert sorted({(step - 1) // 1280 for step, _ in points}) == list(range(9))
+    changes = [value for i, (_, value) in enumerate(points) if i == 0 or value != points[i - 1][1]]
+    assert changes == [0, 1, 2] * 3
+
+
 @pytest.mark.slow  # 1.5-3 min; tests/train/test_chaos.py (slow too) kills a MoE run 30 times
 def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
@@ -117,6 +191,9 @@ def test_sigkill_then_resume_rolls_the_store_back_to_the_checkpoint(tmp_path):
     run_cli("train", *args, "--resume", check=True)
     state = _replica_matches_store(run_dir)
     assert state["progress"]["total_frames"] == 2 * 6400
+    # The dashboard written at the start is kept by the resume's purge step, and not written again.
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 2
+    assert _layouts_written(run_dir) == 1 and len(_layout(run_dir).category) == 2
 
 
 # The T-maze has no frames, so a MoE run on it has no game detector (the default prefetch is lru):
@@ -152,6 +229,13 @@ def test_moe_on_the_tmaze_trains_evaluates_and_resumes_without_a_detector(tmp_pa
         assert tag in scalars and all(math.isfinite(e.value) for e in ea.Scalars(tag)), tag
     assert sum(e.value for e in ea.Scalars("cache/bytes/dram_to_nvme")) > 0  # 4 experts through a dram of 3
     assert not [t for t in scalars if "detector/" in t]
+    # The cache dashboard, written once (the resume kept it), has no detector charts here.
+    layout = _layout(run_dir)
+    assert _layouts_written(run_dir) == 1
+    charts = [(c.title, ch.title) for c in layout.category for ch in c.chart]
+    assert len(charts) == 9 and not [t for t in charts if "detector" in t[1]], charts
+    assert all(_logged(regex, set(scalars)) for c in layout.category for ch in c.chart for regex in ch.multiline.tag
+               if "prefetch" not in ch.title)  # the lru cache issues no prefetches
 
 
 # --optimizer adam with game routing: Pong trains experts 0, 1 and Breakout 2, 3 (4, 5 are never

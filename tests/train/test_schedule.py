@@ -9,6 +9,7 @@ import re
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar.metadata import CONFIG_SUMMARY_TAG
 
 from eval.compare import compare_runs
 from eval.curves import read_curves
@@ -48,6 +49,15 @@ def test_smoke_run_logs_sps_and_returns_of_both_games(smoke_run):
                                                                      (8320, 400, 270)]
     assert [(img.step, img.width, img.height) for img in acc.Images("eval/curves")] == [
         (0, 1000, 320), (4160, 1000, 320), (8320, 1000, 320)]
+
+
+def test_charts_game_is_the_game_of_each_stage_and_a_dense_run_has_no_cache_dashboard(smoke_run):
+    acc = _scalars(smoke_run)
+    game = {e.step: e.value for e in acc.Scalars("charts/game")}
+    assert game == {e.step: e.value for e in acc.Scalars("charts/stage")}  # 2 distinct games, no --switch-every
+    assert {v for step, v in game.items() if step <= 4160} == {0.0}  # Pong up to stage 1's end
+    assert {v for step, v in game.items() if step > 4160} == {1.0}  # then Breakout
+    assert CONFIG_SUMMARY_TAG not in acc.Tags()["tensors"]  # the cache dashboard is the MoE core's
 
 
 def test_policy_lag_is_logged_and_never_more_than_one(smoke_run):
