@@ -2,12 +2,16 @@
 
 Rows (``python run.py bench store [--json]``):
 
-``disk_raw``      sequential ``O_DIRECT`` reads (1 MiB requests, page cache bypassed) of a scratch
-                  file as large as the store: the disk's own bandwidth, the reference for the next row.
-``nvme_to_dram``  every expert demanded once from a cold store (slab pages dropped from the page
-                  cache first): NVMe read + crc32 check + copy to hbm, through ``ExpertStore.get``;
-                  ``ratio`` = bandwidth / ``disk_raw``. ``nvme_to_dram_prefetch``: the same with all
-                  experts prefetched on the I/O threads first (reads overlap).
+``disk_raw``      ``O_DIRECT`` reads (1 MiB requests, page cache bypassed) of a scratch file as large
+                  as the store, one request at a time (``gbps_qd1``) and :data:`IO_DEPTH` at a time
+                  from as many threads (``gbps_qd``): the disk's own bandwidth, ``gbps`` the better
+                  of the two, the reference for the next rows.
+``nvme_to_dram/<read path>``  every expert demanded once from a cold store (slab pages dropped from
+                  the page cache first): NVMe read + CRC-32C check + copy to hbm, through
+                  ``ExpertStore.get`` with that read path (``storage/slab.py``: ``preadv``, ``direct``,
+                  ``mmap``) and ``io_depth`` = :data:`IO_DEPTH`; ``ratio`` = bandwidth / ``disk_raw``.
+                  ``nvme_to_dram_prefetch/<read path>``: the same with prefetches on the 2 I/O threads
+                  3 experts ahead of each demand (reads overlap the demands).
 ``dram_to_hbm``   every expert demanded from dram (all dram hits): ``ratio`` = bandwidth / a plain
                   ``dst.copy_(src)`` of the same bytes on the same device (``plain_copy_gbps``).
 ``trace/<mode>``  a synthetic sequential-games routing trace replayed through a real store with a
@@ -30,6 +34,7 @@ import random
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -37,13 +42,15 @@ import torch
 
 from storage.belady import belady_hits, flatten
 from storage.expert_store import ExpertStore
-from storage.slab import ALIGN, TensorSpec
+from storage.slab import ALIGN, CHUNK, READ_PATHS, TensorSpec
 
 RECORD_SHAPE = (256, 512)
 """Each expert: two float32 kinds of this shape (an eLSTM input projection pair F, Z at N=256,
 D=512): 1 MiB per expert."""
 LINK_EXPERTS = 192
 """Experts in the bandwidth rows (192 MiB, larger than any CPU cache)."""
+IO_DEPTH = 4
+"""Read requests in flight in the bandwidth rows (``disk_raw``'s second figure and the store's ``io_depth``)."""
 TRACE = dict(games=4, cohort=8, experts=64, hbm=20, dram=24, streams=4, top_k=2, steps_per_game=150,
              switches=12, compute_ms=2.0, lookahead=20, settle=10, record_shape=(64, 512))
 """The synthetic trace: each game routes every stream's top-k to its own cohort of experts; the
@@ -69,29 +76,36 @@ def run(seconds: float) -> dict:
 
 
 def _disk_raw(path: Path, size: int, seconds: float) -> dict:
-    chunk = 1 << 20
-    buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
     with open(path, "wb") as f:
-        block = os.urandom(chunk)
-        for _ in range(size // chunk):
+        block = os.urandom(CHUNK)
+        for _ in range(size // CHUNK):
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while True:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-        try:
-            start = time.perf_counter()
-            offset = 0
-            while offset < size:
-                offset += os.preadv(fd, [buf], offset)
-            best = max(best, size / (time.perf_counter() - start) / 1e9)
-        finally:
-            os.close(fd)
-        if time.perf_counter() > deadline:
-            break
-    return {"name": "disk_raw", "gbps": best, "bytes": size}
+    bufs = [mmap.mmap(-1, CHUNK) for _ in range(IO_DEPTH)]  # page-aligned, as O_DIRECT requires
+    best = {1: 0.0, IO_DEPTH: 0.0}
+    with ThreadPoolExecutor(IO_DEPTH) as pool:
+        for depth in best:
+            deadline = time.perf_counter() + seconds
+            while True:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+                try:
+                    start = time.perf_counter()
+                    # Thread i reads chunks i, i + depth, ...: ``depth`` requests in flight.
+                    list(pool.map(lambda i: _read_every(fd, bufs[i], i * CHUNK, depth * CHUNK, size), range(depth)))
+                    best[depth] = max(best[depth], size / (time.perf_counter() - start) / 1e9)
+                finally:
+                    os.close(fd)
+                if time.perf_counter() > deadline:
+                    break
+    return {"name": "disk_raw", "gbps": max(best.values()), "gbps_qd1": best[1], "gbps_qd": best[IO_DEPTH],
+            "io_depth": IO_DEPTH, "bytes": size}
+
+
+def _read_every(fd: int, buf: mmap.mmap, offset: int, stride: int, size: int) -> None:
+    while offset < size:
+        os.preadv(fd, [buf], offset)
+        offset += stride
 
 
 def _links(directory: Path, spec: dict, device: torch.device, raw_gbps: float, seconds: float) -> list[dict]:
@@ -101,11 +115,12 @@ def _links(directory: Path, spec: dict, device: torch.device, raw_gbps: float, s
     init = lambda e: {k: torch.randn(s.shape, generator=gen) for k, s in spec.items()}  # noqa: E731
     ExpertStore.create(directory, spec, n, 1, 1, device, init=init).close()
     rows = []
-    for prefetch in (False, True):
+    for read_path, prefetch in [(r, p) for p in (False, True) for r in READ_PATHS]:
         best = 0.0
         deadline = time.perf_counter() + seconds
         while True:
-            store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False)
+            store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False, read_path=read_path,
+                                     io_depth=IO_DEPTH)
             store.drop_page_cache()
             start = time.perf_counter()
             if prefetch:
@@ -124,7 +139,7 @@ def _links(directory: Path, spec: dict, device: torch.device, raw_gbps: float, s
             if time.perf_counter() > deadline:
                 break
         assert stats["bytes_nvme_to_dram"] == n * record_bytes
-        name = "nvme_to_dram_prefetch" if prefetch else "nvme_to_dram"
+        name = f"nvme_to_dram{'_prefetch' if prefetch else ''}/{read_path}"
         rows.append({"name": name, "gbps": best, "ratio": best / raw_gbps, "bytes": n * record_bytes})
 
     store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False)
@@ -257,7 +272,9 @@ def format_table(result: dict) -> str:
             continue
         extra = f"  ratio {row['ratio']:.2f}" if "ratio" in row else ""
         extra += f"  (plain copy {row['plain_copy_gbps']:.2f} GB/s)" if "plain_copy_gbps" in row else ""
-        lines.append(f"{row['name']:<22} {row['gbps']:7.2f} GB/s{extra}")
+        extra += (f"  (1 request in flight {row['gbps_qd1']:.2f}, {row['io_depth']} in flight {row['gbps_qd']:.2f})"
+                  if "gbps_qd" in row else "")
+        lines.append(f"{row['name']:<29} {row['gbps']:7.2f} GB/s{extra}")
     lines.append(f"{'trace mode':<14} {'hbm hit':>8} {'between sw.':>12} {'miss/switch':>12} {'stall ms/step':>14}")
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for row in result["rows"]:

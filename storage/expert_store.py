@@ -29,7 +29,10 @@ Concurrency
     each other (in training only the learner thread leases experts).
 
 Durability
-    A write-back to NVMe goes to a slot that no committed state names; :meth:`flush` fsyncs the
+    Only the durable kinds (``storage/slab.py``) are versioned and committed; a scratch kind is
+    written in place to its expert's one slot, checked against a CRC-32C kept in memory, and reads as
+    zeros until it is first written after an open (so a resume or a rollback starts it from zero).
+    A write-back of the durable kinds to NVMe goes to a slot that no committed state names; :meth:`flush` fsyncs the
     slabs and then commits the manifest atomically (``storage/manifest.py``). A crash, a full disk
     or any other failure therefore leaves the last committed state intact; after a failure the
     store refuses further use (every call re-raises the first error; a failure is recorded before
@@ -42,7 +45,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -59,13 +62,13 @@ from common.errors import UserError
 
 
 class CorruptExpertError(UserError):
-    """One or more experts fail their crc32 check; ``experts`` lists their ids."""
+    """One or more experts fail their CRC-32C check; ``experts`` lists their ids."""
 
     def __init__(self, directory: Path, experts: list[int], detail: str) -> None:
         self.experts = experts
         names = ", ".join(str(e) for e in experts)
         super().__init__(f"expert store {directory}: expert{'s' if len(experts) > 1 else ''} {names} "
-                         f"fail{'' if len(experts) > 1 else 's'} the crc32 check ({detail}); restore from a "
+                         f"fail{'' if len(experts) > 1 else 's'} the crc32c check ({detail}); restore from a "
                          "backup, or open the store without verification to read the others")
 
 
@@ -98,6 +101,9 @@ class _Expert:
     uses: int = 0
     """Open :meth:`ExpertStore.get` leases."""
     pins: int = 0
+    scratch_crc: dict[str, int] | None = None
+    """CRC-32C of each scratch kind as last written to NVMe since the store was opened; None: not
+    written since, so the scratch kinds read as zeros."""
 
 
 @dataclass
@@ -115,8 +121,11 @@ class ExpertStore:
     """Many equally shaped expert records across hbm, dram and NVMe (see the module docstring)."""
 
     def __init__(self, directory: Path, manifest: Manifest, hbm: int, dram: int, device: torch.device | str,
-                 io_threads: int = 2, record_trace: bool = False) -> None:
-        """Use :meth:`create` or :meth:`open`. Snapshots kept: ``slots_per_expert - 2`` (the manifest's)."""
+                 io_threads: int = 2, record_trace: bool = False, read_path: str = "preadv",
+                 io_depth: int = 4) -> None:
+        """Use :meth:`create` or :meth:`open`. Snapshots kept: ``slots_per_expert - 2`` (the manifest's).
+        ``io_threads`` run prefetches; NVMe reads go through ``read_path`` (``storage/slab.py``), at most
+        ``io_depth`` requests in flight."""
         self.directory = Path(directory)
         self.spec: RecordSpec = manifest.spec
         self.num_experts = manifest.num_experts
@@ -127,8 +136,15 @@ class ExpertStore:
         self._manifest = manifest
         self.recovered = manifest.damage
         """Set when the newest manifest copy was damaged and the store opened the previous commit: what was lost."""
-        self._slabs = {k: SlabFile(self.directory / f"{k}{SUFFIX}", s, self.num_experts * manifest.slots_per_expert,
-                                   create=False) for k, s in self.spec.items()}
+        self._readers = ThreadPoolExecutor(max_workers=io_depth, thread_name_prefix="expert-read") if io_depth > 1 else None
+        self._slabs: dict[str, SlabFile] = {}
+        try:
+            for k, s in self.spec.items():
+                self._slabs[k] = SlabFile(self.directory / f"{k}{SUFFIX}", s, manifest.slab_slots(k), create=False,
+                                          read_path=read_path)
+        except BaseException:
+            self._close_files()
+            raise
         self._mover = Mover(self.device)
         self._experts = [_Expert(current=ref) for ref in manifest.experts]
         cuda = self.device.type == "cuda"
@@ -151,27 +167,26 @@ class ExpertStore:
     def create(cls, directory: Path, spec: RecordSpec, num_experts: int, hbm: int, dram: int,
                device: torch.device | str = "cpu", init: Callable[[int], Record] | None = None,
                keep_snapshots: int = 2, **kwargs) -> "ExpertStore":
-        """Make a new store in ``directory`` holding ``init(e)`` (zeros if None) for every expert."""
+        """Make a new store in ``directory`` holding ``init(e)`` (zeros if None) for every expert:
+        ``init`` gives the durable kinds; the scratch kinds start at zero."""
         directory = Path(directory)
         validate_capacities(hbm, dram, num_experts)
         if (directory / MANIFEST).exists():
             raise UserError(f"{directory} already holds an expert store; open it instead")
         directory.mkdir(parents=True, exist_ok=True)
-        slots = 2 + keep_snapshots
-        zeros = {k: torch.zeros(s.shape, dtype=s.dtype) for k, s in spec.items()}
+        manifest = Manifest(spec, num_experts, 2 + keep_snapshots, [])
+        zeros = {k: torch.zeros(spec[k].shape, dtype=spec[k].dtype) for k in manifest.durable}
         slabs: dict[str, SlabFile] = {}
-        refs = []
         try:
             for k, s in spec.items():
-                slabs[k] = SlabFile(directory / f"{k}{SUFFIX}", s, num_experts * slots, create=True)
+                slabs[k] = SlabFile(directory / f"{k}{SUFFIX}", s, manifest.slab_slots(k), create=True)
             for e in range(num_experts):
                 record = init(e) if init is not None else zeros
-                for k, slab in slabs.items():
-                    slab.write(e * slots, record[k].contiguous())
-                refs.append(SlotRef(0, 0, {k: tensor_crc(record[k].contiguous()) for k in spec}))
+                for k in manifest.durable:
+                    slabs[k].write(manifest.global_slot(e, 0), record[k].contiguous())
+                manifest.experts.append(SlotRef(0, 0, {k: tensor_crc(record[k].contiguous()) for k in manifest.durable}))
             for slab in slabs.values():
                 slab.sync()
-            manifest = Manifest(spec, num_experts, slots, refs)
             manifest.save(directory, previous=None)
         except BaseException:  # no store: leave no slab behind (a half-made store is never opened)
             for k in spec:
@@ -185,7 +200,7 @@ class ExpertStore:
     @classmethod
     def open(cls, directory: Path, hbm: int, dram: int, device: torch.device | str = "cpu", verify: bool = True,
              snapshot: str | None = None, **kwargs) -> "ExpertStore":
-        """Open an existing store; ``verify`` checks every expert's crc32 (raises
+        """Open an existing store; ``verify`` checks every expert's CRC-32C (raises
         :class:`CorruptExpertError` naming the bad ones); ``snapshot`` rolls the store back to the
         state saved by :meth:`checkpoint` under that tag, committed (later snapshots dropped) only
         once it has verified."""
@@ -218,13 +233,16 @@ class ExpertStore:
         return store
 
     def verify(self) -> dict[int, str]:
-        """Read every expert's committed version from NVMe and check its crc32: ``{expert: what failed}``."""
-        scratch = empty_record(self.spec)
+        """Read every expert's committed version (its durable kinds) from NVMe and check its CRC-32C:
+        ``{expert: what failed}``."""
+        buffer = empty_record(self.spec)
         bad = {}
         for e, ref in enumerate(self._manifest.experts):
-            for k, slab in self._slabs.items():
-                slab.read(self._manifest.global_slot(e, ref.slot), scratch[k])
-                if tensor_crc(scratch[k]) != ref.crc[k]:
+            durable = self._manifest.durable
+            self._parallel([piece for k in durable
+                            for piece in self._slabs[k].read_pieces(self._manifest.global_slot(e, ref.slot), buffer[k])])
+            for k, crc in zip(durable, self._parallel([partial(tensor_crc, buffer[k]) for k in durable])):
+                if crc != ref.crc[k]:
                     bad[e] = f"kind {k!r}, slot {ref.slot}"
                     break
         return bad
@@ -551,22 +569,34 @@ class ExpertStore:
         with self._cv:
             slot = self._manifest.free_slot(x, prefer=ent.current.slot)
         for k, slab in self._slabs.items():
-            slab.write(self._manifest.global_slot(x, slot), record[k])
+            slab.write(x if self.spec[k].scratch else self._manifest.global_slot(x, slot), record[k])
         crc = {k: tensor_crc(record[k]) for k in self.spec}
         with self._cv:
-            ent.current = SlotRef(slot, ent.current.version + 1, crc)
+            ent.current = SlotRef(slot, ent.current.version + 1, {k: crc[k] for k in self._manifest.durable})
+            ent.scratch_crc = {k: c for k, c in crc.items() if self.spec[k].scratch}
             ent.dram_dirty = False
             self.counters.bytes_dram_to_nvme += self._record_bytes
 
     def _read_nvme(self, e: int, d: int) -> None:
-        """Fill dram buffer ``d`` with expert ``e``'s newest NVMe version and check its crc32."""
+        """Fill dram buffer ``d`` with expert ``e``'s newest NVMe version and check its CRC-32C (scratch
+        kinds not written since the open: zeros)."""
         self._mover.wait_host(self._dram.events[d])
-        ref = self._experts[e].current
+        ent = self._experts[e]
+        ref, scratch_crc = ent.current, ent.scratch_crc
         record = self._dram.buffers[d]
-        for k, slab in self._slabs.items():
-            slab.read(self._manifest.global_slot(e, ref.slot), record[k])
-            if tensor_crc(record[k]) != ref.crc[k]:
-                raise CorruptExpertError(self.directory, [e], f"kind {k!r}, slot {ref.slot}")
+        expected = dict(ref.crc)
+        for k in self.spec:
+            if self.spec[k].scratch and scratch_crc is None:
+                record[k].zero_()
+            elif self.spec[k].scratch:
+                expected[k] = scratch_crc[k]
+        kinds = list(expected)
+        self._parallel([piece for k in kinds for piece in self._slabs[k].read_pieces(
+            e if self.spec[k].scratch else self._manifest.global_slot(e, ref.slot), record[k])])
+        for k, crc in zip(kinds, self._parallel([partial(tensor_crc, record[k]) for k in kinds])):
+            if crc != expected[k]:
+                where = "its scratch slot" if self.spec[k].scratch else f"slot {ref.slot}"
+                raise CorruptExpertError(self.directory, [e], f"kind {k!r}, {where}")
         with self._cv:
             self.counters.bytes_nvme_to_dram += self._record_bytes
 
@@ -665,6 +695,11 @@ class ExpertStore:
         with self._cv:
             self._closed = True
         self._pool.shutdown(wait=True)
+        self._close_files()
+
+    def _close_files(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         for slab in self._slabs.values():
             slab.close()
 
@@ -680,6 +715,15 @@ class ExpertStore:
         self.close()
 
     # ----------------------------------------------------------------------------- helpers
+    def _parallel(self, jobs: list[Callable[[], object]]) -> list:
+        """The results of ``jobs``, run on the reader threads (``io_depth`` in flight; inline when there
+        is one job or one thread); every job has ended before a failure propagates."""
+        if self._readers is None or len(jobs) <= 1:
+            return [job() for job in jobs]
+        futures = [self._readers.submit(job) for job in jobs]
+        wait(futures)
+        return [f.result() for f in futures]
+
     @contextmanager
     def _settling(self, done: Callable[[], None] | None = None, undo: Callable[[], None] | None = None,
                   fatal: bool = True) -> Iterator[None]:

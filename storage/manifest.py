@@ -1,4 +1,4 @@
-"""The expert store's manifest: which slab slot holds each expert's committed version, and its crc32.
+"""The expert store's manifest: which slab slot holds each expert's committed version, and its CRC-32C.
 
 Versioned slots (a generalisation of A/B slots)
     Each expert owns ``slots_per_expert`` slots in every slab file (``storage/slab.py``). The
@@ -7,6 +7,7 @@ Versioned slots (a generalisation of A/B slots)
     that neither the committed state nor any retained snapshot names (:meth:`Manifest.free_slot`),
     so a crash in the middle of a write can only tear a slot that nothing committed points to.
     With ``K`` retained snapshots, ``2 + K`` slots per expert always leave one free.
+    Scratch kinds (``TensorSpec.scratch``) are outside all this: one slot per expert, no checksum here.
 
 Commit protocol (``ExpertStore.flush``)
     write the new versions into free slots -> fsync every slab file -> write the commit being
@@ -19,14 +20,15 @@ Two copies (as LMDB's two meta pages)
     bad byte (or a torn or lost file) does not make the store unopenable: :meth:`Manifest.load`
     reads the newest copy that passes its checksum and says what a fallback lost (:attr:`Manifest.damage`).
     The previous commit's slots are not protected from later write-backs, so a fallback is verified
-    like any open; an expert written back since then fails its crc32 and is named. (In training every
+    like any open; an expert written back since then fails its CRC-32C and is named. (In training every
     commit is a checkpoint's snapshot and the two newest snapshots are retained, so there they are.)
 
 File format (``manifest.json``)
     ``{"format": 1, "seq": commits so far, "num_experts", "slots_per_expert",
-    "spec": {kind: {"shape", "dtype"}}, "experts": [[slot, version, {kind: crc32}], ...],
-    "snapshots": {tag: [[slot, version, {kind: crc32}], ...]}, "snapshot_order": [tag, ...],
-    "checksum": crc32 of the canonical JSON of everything else}``.
+    "spec": {kind: {"shape", "dtype"}}, "experts": [[slot, version, {kind: CRC-32C}], ...],
+    "snapshots": {tag: [[slot, version, {kind: CRC-32C}], ...]}, "snapshot_order": [tag, ...],
+    "checksum": zlib crc32 of the canonical JSON of everything else}``.
+    Format 2 (CRC-32C per kind, scratch kinds) replaced format 1 (zlib crc32, every kind durable).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from common.errors import UserError
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 """The copy of the commit before the newest one (see "Two copies" above)."""
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -55,7 +57,7 @@ class SlotRef:
     version: int
     """Write-back counter of this expert (0 = as created)."""
     crc: dict[str, int]
-    """crc32 of each kind's bytes."""
+    """CRC-32C (``storage/slab.py``) of each durable kind's bytes (scratch kinds have none)."""
 
     def to_json(self) -> list:
         return [self.slot, self.version, self.crc]
@@ -84,8 +86,17 @@ class Manifest:
     """Set by :meth:`load` when the newest copy was damaged and this is the previous commit: what was lost."""
 
     def global_slot(self, expert: int, slot: int) -> int:
-        """Index of an expert's ``slot`` in the slab files."""
+        """Index of an expert's ``slot`` in a durable kind's slab file."""
         return expert * self.slots_per_expert + slot
+
+    @property
+    def durable(self) -> list[str]:
+        """The kinds kept with versioned slots and checksums (all but the scratch kinds)."""
+        return [k for k, s in self.spec.items() if not s.scratch]
+
+    def slab_slots(self, kind: str) -> int:
+        """Slots in ``kind``'s slab file: ``slots_per_expert`` per expert, or one for a scratch kind."""
+        return self.num_experts * (1 if self.spec[kind].scratch else self.slots_per_expert)
 
     def free_slot(self, expert: int, prefer: int | None = None) -> int:
         """A slot of ``expert`` that no committed or retained state names (``prefer`` if it is one)."""
@@ -122,7 +133,8 @@ class Manifest:
         if checksum != _checksum(body):
             raise UserError(f"expert store manifest {where} fails its checksum; restore the run from a backup")
         if body.get("format") != FORMAT:
-            raise UserError(f"expert store manifest {where} has format {body.get('format')}, expected {FORMAT}")
+            raise UserError(f"expert store manifest {where} has format {body.get('format')}, expected {FORMAT} "
+                            "(made by another version of this code); start the run afresh or use that version")
         return Manifest(
             spec={k: TensorSpec.from_json(s) for k, s in body["spec"].items()},
             num_experts=body["num_experts"],

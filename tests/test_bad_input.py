@@ -62,6 +62,8 @@ def _command_lines(runs: dict[str, Path], base: Path, readonly: Path | None) -> 
         [*smoke, "--switch-every", "7"],
         [*smoke, "--core", "moe", "--learning", "rtrl", "--top-k", "99"],
         [*smoke, "--prefetch", "detector"],
+        [*smoke, "--core", "moe", "--read-path", "aio"],
+        [*smoke, "--core", "moe", "--io-depth", "0"],
         ["train", "--preset", "memory-rtrl", "--games", "tmaze-10", "--encoder", "mlp", "--core", "moe",
          "--prefetch", "detector", "--run-dir", new],
         [*smoke, "--dist-timeout", "nan"],

@@ -10,6 +10,7 @@ import math
 import pytest
 
 from bench.store import TRACE, make_trace
+from storage.slab import READ_PATHS
 from conftest import run_cli
 
 
@@ -21,11 +22,14 @@ def store_bench() -> dict:
 
 def test_bandwidth_rows_are_positive_and_ratios_match_their_references(store_bench):
     rows = {r["name"]: r for r in store_bench["rows"]}
-    assert list(rows)[:4] == ["disk_raw", "nvme_to_dram", "nvme_to_dram_prefetch", "dram_to_hbm"]
-    for name in ("disk_raw", "nvme_to_dram", "nvme_to_dram_prefetch", "dram_to_hbm"):
+    links = [f"{link}/{path}" for link in ("nvme_to_dram", "nvme_to_dram_prefetch") for path in READ_PATHS]
+    assert list(rows)[:8] == ["disk_raw", *links, "dram_to_hbm"]
+    for name in ("disk_raw", *links, "dram_to_hbm"):
         assert math.isfinite(rows[name]["gbps"]) and rows[name]["gbps"] > 0
-    for name in ("nvme_to_dram", "nvme_to_dram_prefetch"):
-        assert rows[name]["ratio"] == pytest.approx(rows[name]["gbps"] / rows["disk_raw"]["gbps"])
+    raw = rows["disk_raw"]
+    assert raw["gbps"] == max(raw["gbps_qd1"], raw["gbps_qd"]) and raw["io_depth"] == 4
+    for name in links:
+        assert rows[name]["ratio"] == pytest.approx(rows[name]["gbps"] / raw["gbps"])
     assert rows["dram_to_hbm"]["ratio"] == pytest.approx(rows["dram_to_hbm"]["gbps"] / rows["dram_to_hbm"]["plain_copy_gbps"])
 
 

@@ -24,6 +24,7 @@ from envs.config import EnvConfig
 from envs.registry import min_episode_steps, observation_shape
 from eval.config import EvalConfig
 from storage.config import StoreConfig
+from storage.slab import READ_PATHS
 
 
 ADAM_BETAS = (0.9, 0.999)
@@ -187,6 +188,7 @@ class RunConfig:
             "--init": (self.model.init, ("torch", "orthogonal")),
             "--optimizer": (self.learner.optimizer, ("rmsprop", "rmsprop-tf", "adam")),
             "--lr-schedule": (self.learner.lr_schedule, ("linear", "constant")),
+            "--read-path": (self.store.read_path, READ_PATHS),
         }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
@@ -198,6 +200,8 @@ class RunConfig:
             raise UserError("--unroll applies to --learning tbptt only; RTRL's gradient is never truncated")
         if not 0.0 <= self.env.sticky_action_prob < 1.0:
             raise UserError(f"--sticky-action-prob must be in [0, 1), got {self.env.sticky_action_prob}")
+        if self.store.io_depth < 1:
+            raise UserError(f"--io-depth must be >= 1 read in flight, got {self.store.io_depth}")
         if self.store.prefetch not in ("none", "lru", "detector", "oracle"):
             raise UserError(f"--prefetch {self.store.prefetch!r} is not supported; choose one of none, lru, detector, oracle")
         if self.store.prefetch in ("detector", "oracle") and self.model.core != "moe":

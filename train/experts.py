@@ -137,14 +137,19 @@ def open_store(cfg: RunConfig, model: ActorCritic, learner: Learner, rd: RunDir,
             shutil.rmtree(directory)
         streams = learner.world.local_envs(cfg.env.num_envs)
         store = create_store(core, directory, streams, st.hbm_experts, st.dram_experts, device,
-                             expert_rule(cfg.learner), io_threads=st.io_threads)
+                             expert_rule(cfg.learner), **io_settings(cfg))
     else:
         store = ExpertStore.open(directory, st.hbm_experts, st.dram_experts, device, snapshot=snapshot,
-                                 io_threads=st.io_threads)
+                                 **io_settings(cfg))
         if store.recovered is not None:
             print(f"warning: {store.recovered}", file=sys.stderr, flush=True)
     core.attach_store(store, pin_reserve(cfg))
     return store
+
+
+def io_settings(cfg: RunConfig) -> dict:
+    """The store's I/O keyword arguments from ``cfg.store``."""
+    return {"io_threads": cfg.store.io_threads, "read_path": cfg.store.read_path, "io_depth": cfg.store.io_depth}
 
 
 def pin_reserve(cfg: RunConfig) -> int:
@@ -155,13 +160,14 @@ def pin_reserve(cfg: RunConfig) -> int:
 
 def expert_spec(hidden_size: int, input_size: int, batch_size: int, rule: ExpertRule,
                 dtype: torch.dtype = torch.float32) -> RecordSpec:
-    """The store record of one expert: parameters ``F``, ``Z`` [N, D], the optimizer state of
-    ``rule`` (RMSprop: ``sq_F``, ``sq_Z`` [N, D]; Adam: also ``m_F``, ``m_Z`` [N, D] and ``step`` [])
-    and the core's sensitivities ``S_F``, ``S_Z`` [B, N, D] of B streams."""
+    """The store record of one expert: parameters ``F``, ``Z`` [N, D] and the optimizer state of
+    ``rule`` (RMSprop: ``sq_F``, ``sq_Z`` [N, D]; Adam: also ``m_F``, ``m_Z`` [N, D] and ``step`` []),
+    durable; the core's sensitivities ``S_F``, ``S_Z`` [B, N, D] of B streams, scratch (every stream
+    starts a fresh episode on resume, which zeroes them)."""
     N, D, B = hidden_size, input_size, batch_size
     spec = {k: TensorSpec((N, D), dtype) for k in ("F", "Z")}
     spec.update({k: TensorSpec(tuple(t.shape), t.dtype) for k, t in rule.state((N, D), dtype).items()})
-    spec.update({k: TensorSpec((B, N, D), dtype) for k in SENSITIVITIES.values()})
+    spec.update({k: TensorSpec((B, N, D), dtype, scratch=True) for k in SENSITIVITIES.values()})
     return spec
 
 
@@ -169,13 +175,11 @@ def create_store(core: MoEELSTMCore, directory: Path, batch_size: int, hbm: int,
                  device: torch.device | str, rule: ExpertRule, **kwargs) -> ExpertStore:
     """A new store in ``directory`` holding every expert of ``core``: the replica's parameters,
     ``rule``'s initial optimizer state (RMSprop: square averages of 0 as torch's or 1 as
-    TensorFlow's; Adam: zero moments and step counts) and zero sensitivities for ``batch_size``
-    streams; ``kwargs`` go to ``ExpertStore.create``."""
+    TensorFlow's; Adam: zero moments and step counts) and (the store's scratch kinds start at zero)
+    zero sensitivities for ``batch_size`` streams; ``kwargs`` go to ``ExpertStore.create``."""
     N, D, dtype = core.output_size, core.input_size, core.expert_F.dtype
     state = rule.state((N, D), dtype)
-    zeros_bnd = torch.zeros(batch_size, N, D, dtype=dtype)
-    init = lambda e: {"F": core.expert_F[e].cpu(), "Z": core.expert_Z[e].cpu(), **state,  # noqa: E731
-                      **{key: zeros_bnd for key in SENSITIVITIES.values()}}
+    init = lambda e: {"F": core.expert_F[e].cpu(), "Z": core.expert_Z[e].cpu(), **state}  # noqa: E731
     return ExpertStore.create(directory, expert_spec(N, D, batch_size, rule, dtype), core.num_experts, hbm, dram,
                               device, init=init, **kwargs)
 

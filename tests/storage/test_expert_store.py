@@ -261,7 +261,7 @@ def test_one_flipped_byte_names_the_expert_and_the_others_stay_readable(tmp_path
     store, truth = _make(tmp_path, n=8, hbm=2, dram=4)
     store.close()
     _flip_byte_of_committed_slot(tmp_path / "experts", 5, "w")
-    with pytest.raises(CorruptExpertError, match=r"expert 5 fails the crc32 check \(kind 'w'") as info:
+    with pytest.raises(CorruptExpertError, match=r"expert 5 fails the crc32c check \(kind 'w'") as info:
         ExpertStore.open(tmp_path / "experts", 2, 4)
     assert info.value.experts == [5]
     store = ExpertStore.open(tmp_path / "experts", 2, 4, verify=False)
@@ -619,3 +619,99 @@ def test_a_snapshot_lost_with_a_damaged_manifest_is_refused_naming_the_damage(tm
     with pytest.raises(UserError, match="no snapshot 'second'.*damaged") as raised:
         ExpertStore.open(directory, 1, 1, snapshot="second")
     assert "\n" not in str(raised.value)
+
+
+# A durable kind and a scratch kind (state a resume does not need: the RTRL sensitivities).
+MIXED = {"w": TensorSpec((3, 700), torch.float32), "s": TensorSpec((2, 1500), torch.float32, scratch=True)}
+
+
+def _mixed_store(tmp_path: Path, n: int = 6) -> tuple[ExpertStore, dict]:
+    gen = torch.Generator().manual_seed(3)
+    truth = {e: {"w": torch.randn(3, 700, generator=gen)} for e in range(n)}
+    store = ExpertStore.create(tmp_path / "experts", MIXED, n, 1, 2, init=lambda e: truth[e])
+    return store, truth
+
+
+def _write_through(store: ExpertStore, e: int, values: dict[str, torch.Tensor]) -> None:
+    """Write ``values`` into expert ``e`` and push it down to NVMe (hbm 1, dram 2: two other experts evict it)."""
+    with store.use([e], dirty=True) as (rec,):
+        for k, v in values.items():
+            rec[k].copy_(v)
+    for other in [x for x in range(store.num_experts) if x != e][:2]:
+        with store.use([other]):
+            pass
+    assert store.tier_of(e) == "nvme"
+
+
+def test_scratch_kinds_take_one_slot_round_trip_while_open_and_read_zeros_after_an_open(tmp_path: Path) -> None:
+    store, truth = _mixed_store(tmp_path)
+    directory = store.directory
+    # One slot per expert for the scratch kind, 2 + K (= 4) for the durable one.
+    assert (directory / "s.slab").stat().st_size == 6 * MIXED["s"].slot_bytes
+    assert (directory / "w.slab").stat().st_size == 6 * 4 * MIXED["w"].slot_bytes
+    assert store.get([0])[0]["s"].abs().sum() == 0  # scratch starts at zero
+    store.release([0])
+    new_s, new_w = torch.full((2, 1500), 7.0), torch.full((3, 700), -2.0)
+    _write_through(store, 0, {"s": new_s, "w": new_w})
+    with store.use([0]) as (rec,):  # back from NVMe: the scratch value written in place, crc-checked
+        assert torch.equal(rec["s"], new_s) and torch.equal(rec["w"], new_w)
+    store.checkpoint("a")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert set(manifest["experts"][0][2]) == {"w"}  # no crc32 of a scratch kind is committed
+    store.close()
+    with ExpertStore.open(directory, 1, 2) as reopened:  # a resume: durable kept, scratch zero
+        with reopened.use([0]) as (rec,):
+            assert torch.equal(rec["w"], new_w) and rec["s"].abs().sum() == 0
+
+
+def test_a_corrupted_scratch_slot_is_caught_by_its_crc32_while_the_store_is_open(tmp_path: Path) -> None:
+    store, _ = _mixed_store(tmp_path)
+    _write_through(store, 1, {"s": torch.ones(2, 1500)})
+    with open(store.directory / "s.slab", "r+b") as f:  # expert 1's scratch slot is slot 1
+        f.seek(MIXED["s"].slot_bytes + 5)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CorruptExpertError, match="kind 's', its scratch slot") as err:
+        store.get([1])
+    assert err.value.experts == [1]
+    store.close()
+
+
+def test_a_manifest_from_before_scratch_kinds_opens_with_every_kind_durable() -> None:
+    spec = TensorSpec.from_json({"shape": [3, 4], "dtype": "float32"})
+    assert spec == TensorSpec((3, 4), torch.float32) and not spec.scratch
+
+
+@pytest.mark.parametrize("read_path", ["preadv", "direct", "mmap"])
+def test_every_read_path_round_trips_byte_exact_with_reads_of_several_chunks_in_flight(
+        tmp_path: Path, read_path: str) -> None:
+    # A kind of 6 MiB + 20 bytes (7 read requests), one below a page, a 0-d one and a scratch kind.
+    spec = {"big": TensorSpec((3, 2**19 + 5), torch.float32), "w": TensorSpec((3, 700), torch.float32),
+            "step": TensorSpec((), torch.float64), "s": TensorSpec((2, 1500), torch.float32, scratch=True)}
+    gen = torch.Generator().manual_seed(1)
+    truth = {e: {k: torch.randn(v.shape, dtype=v.dtype, generator=gen) for k, v in spec.items() if not v.scratch}
+             for e in range(4)}
+    store = ExpertStore.create(tmp_path / "experts", spec, 4, 1, 2, init=lambda e: truth[e], read_path=read_path,
+                               io_depth=4)
+    for e in range(4):  # each expert read from NVMe, changed, and pushed back down by the next ones
+        with store.use([e], dirty=True) as (rec,):
+            assert all(torch.equal(rec[k], truth[e][k]) for k in truth[e]), f"expert {e} as created"
+            rec["big"].add_(1.0)
+            rec["s"].fill_(float(e))
+        truth[e]["big"] = truth[e]["big"] + 1.0
+    for e in range(4):
+        assert store.tier_of(e) != "hbm" or e == 3
+        with store.use([e]) as (rec,):
+            assert torch.equal(rec["big"], truth[e]["big"]) and torch.equal(rec["s"], torch.full((2, 1500), float(e)))
+    store.checkpoint("a")
+    store.close()
+    with ExpertStore.open(tmp_path / "experts", 1, 2, read_path=read_path) as reopened:  # verify() reads every chunk
+        with reopened.use([2]) as (rec,):
+            assert torch.equal(rec["big"], truth[2]["big"]) and torch.equal(rec["w"], truth[2]["w"])
+
+
+def test_an_unknown_read_path_is_one_clear_error(tmp_path: Path) -> None:
+    _make(tmp_path)[0].close()
+    with pytest.raises(UserError, match="unknown read path 'aio'; choose one of preadv, direct, mmap"):
+        ExpertStore.open(tmp_path / "experts", 3, 6, read_path="aio")
