@@ -2,9 +2,9 @@ r"""`run.py eval --compare DIR1 DIR2 ...`: a side-by-side table of finished runs
 
 Each run's ``eval/forgetting.json`` is read as written (nothing is re-evaluated). Runs whose
 configs (``config.json``) differ only in ``seed`` form one *group* (the seeds of one method); a
-group is labelled by the config fields whose values differ between groups (``model.core=elstm``),
-or by its first run's directory name when there is a single group (its parent's for a
-``seed<S>`` directory: ``results/<experiment>/<config>/seed<S>``). Every interval is a 95%
+group is labelled by its ``<config>`` directory when its runs lie in ``results/<experiment>/<config>/seed<S>``
+(one such directory per group), else by the config fields whose values differ between groups
+(``model.core=elstm``), or by its first run's directory name when there is a single group. Every interval is a 95%
 percentile bootstrap interval with a fixed resampling seed (0) and ``reps`` replicates.
 
 Per group, with :math:`h^{(n)}_g` the final-stage HNS of seed ``n`` on game ``g``:
@@ -167,9 +167,12 @@ def _group(runs: list[_Run]) -> list[list[_Run]]:
 
 
 def _labels(groups: list[list[_Run]]) -> list[str]:
-    if len(groups) == 1:  # results/<experiment>/<config>/seed<S>: the config's name, not "seed1"
-        root = groups[0][0].root
-        return [root.parent.name if re.fullmatch(r"seed\d+", root.name) else root.name]
+    # results/<experiment>/<config>/seed<S>: each group is its <config> when that names it alone
+    dirs = [{r.root.parent.name if re.fullmatch(r"seed\d+", r.root.name) else None for r in g} for g in groups]
+    if all(len(d) == 1 and None not in d for d in dirs) and len(set().union(*dirs)) == len(groups):
+        return [d.pop() for d in dirs]
+    if len(groups) == 1:
+        return [groups[0][0].root.name]
     reps = [g[0].config for g in groups]
     keys = sorted({k for c in reps for k in c})
     differing = [k for k in keys if k not in _IGNORED and len({repr(c.get(k)) for c in reps}) > 1]

@@ -134,6 +134,18 @@ def test_single_group_in_the_results_layout_is_labelled_by_its_config_directory(
     assert compare_runs([c], reps=200)["labels"] == ["seed1x"]
 
 
+def test_groups_in_the_results_layout_are_labelled_by_their_config_directories(tmp_path):
+    """results/<experiment>/<config>/seed<S> with several configs: each column is its <config>, not a
+    list of the config fields that differ; runs outside the layout keep the field labels."""
+    a1 = make_run(tmp_path / "lstm" / "seed1", [[0.5, NAN], [0.2, 0.8]], seed=1)
+    a2 = make_run(tmp_path / "lstm" / "seed2", [[0.6, NAN], [0.4, 0.6]], seed=2)
+    b1 = make_run(tmp_path / "elstm" / "seed1", [[0.3, NAN], [0.3, 0.5]], seed=1, core="elstm", learning="rtrl")
+    assert compare_runs([a1, a2, b1], reps=200)["labels"] == ["lstm", "elstm"]
+    c1 = make_run(tmp_path / "elstm-s1", [[0.3, NAN], [0.3, 0.5]], seed=1, core="elstm", learning="rtrl")
+    assert compare_runs([a1, c1], reps=200)["labels"] == ["model.core=lstm,model.learning=tbptt",
+                                                          "model.core=elstm,model.learning=rtrl"]
+
+
 def test_cli_writes_csv_that_reads_back(runs, tmp_path):
     out_csv = tmp_path / "out" / "table.csv"
     proc = run_cli("eval", "--compare", *map(str, runs), "--csv", str(out_csv), timeout=60, check=True)
