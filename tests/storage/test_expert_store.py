@@ -371,9 +371,13 @@ def test_sigkill_mid_write_back_never_tears_a_committed_expert(tmp_path: Path) -
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(directory), str(kill)], stdout=subprocess.PIPE,
                                 text=True, env=env, cwd=REPO)
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.3))
+        # Kill after a random number of the writer's reports, then a random instant more: measured in
+        # the writer's progress, not in wall time, so a busy machine still kills it mid-work (a pure
+        # 0-0.3 s sleep let a starved writer commit almost nothing).
+        seen = [proc.stdout.readline() for _ in range(rng.randint(1, 8))]
+        time.sleep(rng.uniform(0.0, 0.03))
         proc.send_signal(signal.SIGKILL)
-        out = proc.communicate()[0].splitlines()
+        out = "".join(seen + [proc.communicate()[0]]).splitlines()
         pending = committed
         mid_flush += bool(out) and out[-1].startswith("pending")
         for line in out:
