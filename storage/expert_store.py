@@ -157,6 +157,7 @@ class ExpertStore:
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="expert-io")
         self._error: BaseException | None = None
         self._closed = False
+        self._flushes_waiting = 0
         self._held: dict[int, dict[int, int]] = {}  # thread id -> expert -> open leases
         self.counters = StoreCounters()
         self.trace: list[list[int]] | None = [] if record_trace else None
@@ -372,6 +373,8 @@ class ExpertStore:
             self._check_error()
             if self._closed:
                 raise RuntimeError("prefetch on a closed expert store")
+            if self._flushes_waiting:  # a prefetch is a hint: dropped while a flush waits for quiet
+                return
             for e in ids:
                 ent = self._experts[e]
                 if ent.hbm is not None or ent.busy:
@@ -608,8 +611,12 @@ class ExpertStore:
         Call it at a quiet point: experts in use are written as they are at this moment."""
         with self._cv:
             self._check_error()
-            while any(ent.busy for ent in self._experts):
-                self._cv.wait()
+            self._flushes_waiting += 1  # no new prefetch starts until this flush has run: else
+            try:                        # a steady stream of them keeps some expert busy forever
+                while any(ent.busy for ent in self._experts):
+                    self._cv.wait()
+            finally:
+                self._flushes_waiting -= 1
             self._check_error()  # a transfer that failed while this thread waited
             with self._settling():
                 self._flush_locked(snapshot)
