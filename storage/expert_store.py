@@ -238,11 +238,9 @@ class ExpertStore:
         ``{expert: what failed}``."""
         buffer = empty_record(self.spec)
         bad = {}
+        durable = self._manifest.durable
         for e, ref in enumerate(self._manifest.experts):
-            durable = self._manifest.durable
-            self._parallel([piece for k in durable
-                            for piece in self._slabs[k].read_pieces(self._manifest.global_slot(e, ref.slot), buffer[k])])
-            for k, crc in zip(durable, self._parallel([partial(tensor_crc, buffer[k]) for k in durable])):
+            for k, crc in zip(durable, self._read_kinds(e, ref.slot, buffer, durable)):
                 if crc != ref.crc[k]:
                     bad[e] = f"kind {k!r}, slot {ref.slot}"
                     break
@@ -572,7 +570,7 @@ class ExpertStore:
         with self._cv:
             slot = self._manifest.free_slot(x, prefer=ent.current.slot)
         for k, slab in self._slabs.items():
-            slab.write(x if self.spec[k].scratch else self._manifest.global_slot(x, slot), record[k])
+            slab.write(self._slab_slot(k, x, slot), record[k])
         crc = {k: tensor_crc(record[k]) for k in self.spec}
         with self._cv:
             ent.current = SlotRef(slot, ent.current.version + 1, {k: crc[k] for k in self._manifest.durable})
@@ -594,9 +592,7 @@ class ExpertStore:
             elif self.spec[k].scratch:
                 expected[k] = scratch_crc[k]
         kinds = list(expected)
-        self._parallel([piece for k in kinds for piece in self._slabs[k].read_pieces(
-            e if self.spec[k].scratch else self._manifest.global_slot(e, ref.slot), record[k])])
-        for k, crc in zip(kinds, self._parallel([partial(tensor_crc, record[k]) for k in kinds])):
+        for k, crc in zip(kinds, self._read_kinds(e, ref.slot, record, kinds)):
             if crc != expected[k]:
                 where = "its scratch slot" if self.spec[k].scratch else f"slot {ref.slot}"
                 raise CorruptExpertError(self.directory, [e], f"kind {k!r}, {where}")
@@ -722,6 +718,16 @@ class ExpertStore:
         self.close()
 
     # ----------------------------------------------------------------------------- helpers
+    def _slab_slot(self, kind: str, e: int, slot: int) -> int:
+        """Where expert ``e``'s version in its ``slot`` lies in ``kind``'s slab (a scratch kind: its one slot)."""
+        return e if self.spec[kind].scratch else self._manifest.global_slot(e, slot)
+
+    def _read_kinds(self, e: int, slot: int, record: Record, kinds: list[str]) -> list[int]:
+        """Read ``kinds`` of expert ``e`` (its version in ``slot``) into host ``record``, every request
+        in flight at once on the reader threads; their CRC-32Cs, in the order of ``kinds``."""
+        self._parallel([piece for k in kinds for piece in self._slabs[k].read_pieces(self._slab_slot(k, e, slot), record[k])])
+        return self._parallel([partial(tensor_crc, record[k]) for k in kinds])
+
     def _parallel(self, jobs: list[Callable[[], object]]) -> list:
         """The results of ``jobs``, run on the reader threads (``io_depth`` in flight; inline when there
         is one job or one thread); every job has ended before a failure propagates."""

@@ -60,7 +60,7 @@ class TensorSpec:
     dtype: torch.dtype
     """Element type; records are stored as their raw bytes."""
     scratch: bool = False
-    """Not durable: one slot per expert written in place, no crc32 in the manifest, and zeros after
+    """Not durable: one slot per expert written in place, no checksum in the manifest, and zeros after
     every open of the store (a resume does not need it; see the module docstring)."""
 
     @property
@@ -147,11 +147,6 @@ class SlabFile:
             self.close()
             raise UserError(f"cannot open {self.path} for --read-path {read_path} ({e.strerror}); "
                             "choose another read path") from e
-
-    def read(self, slot: int, out: torch.Tensor) -> None:
-        """Fill host tensor ``out`` from ``slot``."""
-        for piece in self.read_pieces(slot, out):
-            piece()
 
     def read_pieces(self, slot: int, out: torch.Tensor) -> list[Callable[[], None]]:
         """The reads that together fill host tensor ``out`` from ``slot``, each at most :data:`CHUNK`

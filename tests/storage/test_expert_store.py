@@ -177,19 +177,18 @@ def test_pinned_experts_are_never_evicted_and_dirty_ones_never_dropped(tmp_path:
 
 def test_late_prefetch_is_a_miss_that_stalls_and_counts_as_used(tmp_path: Path) -> None:
     store, _ = _make(tmp_path, n=4, hbm=2, dram=2)
-    slow_read = storage.slab.SlabFile.read
+    pieces = storage.slab.SlabFile.read_pieces
 
     def delayed(self, slot, out):  # a slow disk, so the demand arrives while the prefetch is in flight
-        time.sleep(0.05)
-        slow_read(self, slot, out)
+        return [lambda p=p: (time.sleep(0.05), p()) for p in pieces(self, slot, out)]
 
-    storage.slab.SlabFile.read = delayed
+    storage.slab.SlabFile.read_pieces = delayed
     try:
         store.prefetch([1])
         with store.use([1]):
             pass
     finally:
-        storage.slab.SlabFile.read = slow_read
+        storage.slab.SlabFile.read_pieces = pieces
     s = store.stats()
     assert (s["hbm_misses"], s["prefetch_late"], s["prefetch_used"]) == (1, 1, 1)
     assert s["stall_s"] > 0.02
