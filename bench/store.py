@@ -9,9 +9,12 @@ Rows (``python run.py bench store [--json]``):
 ``nvme_to_dram/<read path>``  every expert demanded once from a cold store (slab pages dropped from
                   the page cache first): NVMe read + CRC-32C check + copy to hbm, through
                   ``ExpertStore.get`` with that read path (``storage/slab.py``: ``preadv``, ``direct``,
-                  ``mmap``) and ``io_depth`` = :data:`IO_DEPTH`; ``ratio`` = bandwidth / ``disk_raw``.
-                  ``nvme_to_dram_prefetch/<read path>``: the same with prefetches on the 2 I/O threads
-                  3 experts ahead of each demand (reads overlap the demands).
+                  ``mmap``) and ``io_depth`` = :data:`IO_DEPTH`, demanded as the learner demands them
+                  (``MoEELSTMCore.hbm_chunks``): :data:`LINK_HBM` experts per ``get``, whose misses
+                  load concurrently; ``ratio`` = bandwidth / ``disk_raw``.
+                  ``nvme_to_dram_one/<read path>``: one expert per ``get`` (the latency-bound case).
+                  ``nvme_to_dram_prefetch/<read path>``: one per ``get``, with prefetches on the I/O
+                  threads :data:`LINK_HBM` - 1 experts ahead of each demand (reads overlap the demands).
 ``dram_to_hbm``   every expert demanded from dram (all dram hits): ``ratio`` = bandwidth / a plain
                   ``dst.copy_(src)`` of the same bytes on the same device (``plain_copy_gbps``).
 ``trace/<mode>``  a synthetic sequential-games routing trace replayed through a real store with a
@@ -51,6 +54,8 @@ LINK_EXPERTS = 192
 """Experts in the bandwidth rows (192 MiB, larger than any CPU cache)."""
 IO_DEPTH = 4
 """Read requests in flight in the bandwidth rows (``disk_raw``'s second figure and the store's ``io_depth``)."""
+LINK_HBM = 8
+"""The hbm tier of the bandwidth rows, in experts (the dram tier holds them all)."""
 TRACE = dict(games=4, cohort=8, experts=64, hbm=20, dram=24, streams=4, top_k=2, steps_per_game=150,
              switches=12, compute_ms=2.0, lookahead=20, settle=10, record_shape=(64, 512))
 """The synthetic trace: each game routes every stream's top-k to its own cohort of experts; the
@@ -115,23 +120,21 @@ def _links(directory: Path, spec: dict, device: torch.device, raw_gbps: float, s
     init = lambda e: {k: torch.randn(s.shape, generator=gen) for k, s in spec.items()}  # noqa: E731
     ExpertStore.create(directory, spec, n, 1, 1, device, init=init).close()
     rows = []
-    for read_path, prefetch in [(r, p) for p in (False, True) for r in READ_PATHS]:
+    for mode, read_path in [(m, r) for m in ("", "_one", "_prefetch") for r in READ_PATHS]:
         best = 0.0
         deadline = time.perf_counter() + seconds
+        step = LINK_HBM if mode == "" else 1
         while True:
-            store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False, read_path=read_path,
-                                     io_depth=IO_DEPTH)
+            store = ExpertStore.open(directory, hbm=LINK_HBM, dram=n, device=device, verify=False,
+                                     read_path=read_path, io_depth=IO_DEPTH)
             store.drop_page_cache()
             start = time.perf_counter()
-            if prefetch:
-                for e in range(n):  # the store holds 4 in hbm: prefetch a few ahead of each demand
-                    store.prefetch(range(e, min(n, e + 3)))
-                    store.get([e])
-                    store.release([e])
-            else:
-                for e in range(n):
-                    store.get([e])
-                    store.release([e])
+            for e in range(0, n, step):
+                ids = list(range(e, min(n, e + step)))
+                if mode == "_prefetch":
+                    store.prefetch(range(e, min(n, e + LINK_HBM - 1)))
+                store.get(ids)
+                store.release(ids)
             _sync(device)
             best = max(best, n * record_bytes / (time.perf_counter() - start) / 1e9)
             stats = store.stats()
@@ -139,10 +142,10 @@ def _links(directory: Path, spec: dict, device: torch.device, raw_gbps: float, s
             if time.perf_counter() > deadline:
                 break
         assert stats["bytes_nvme_to_dram"] == n * record_bytes
-        name = f"nvme_to_dram{'_prefetch' if prefetch else ''}/{read_path}"
+        name = f"nvme_to_dram{mode}/{read_path}"
         rows.append({"name": name, "gbps": best, "ratio": best / raw_gbps, "bytes": n * record_bytes})
 
-    store = ExpertStore.open(directory, hbm=4, dram=n, device=device, verify=False)
+    store = ExpertStore.open(directory, hbm=LINK_HBM, dram=n, device=device, verify=False)
     for e in range(n):  # fill dram
         store.get([e])
         store.release([e])

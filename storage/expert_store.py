@@ -21,8 +21,10 @@ Concurrency
     transfer in flight (``busy``); every other access to it waits for that transfer, so no expert is
     read while its write-back is in flight, nor loaded twice. Demand loads run in the calling
     thread, one at a time (``_demand_lock``, so two demand loads cannot each hold a buffer the other
-    needs); prefetches run on a pool of I/O threads and never wait for a buffer (they are dropped
-    instead), so a demand load always makes progress when the capacities allow it at all. A
+    needs); a demand of several misses loads the first itself and queues the others on the pool of
+    I/O threads, which also runs the prefetches. Loads on that pool never wait for a buffer (they
+    give up instead, and the demand then loads the expert itself), so a demand load always makes
+    progress when the capacities allow it at all. A
     queued prefetch counts as in flight: a demand for its expert waits for it. Leases are meant to be
     short (get, compute, release): a thread that holds leases while it demands more can wait for
     another thread's leases, so two threads doing that at once with a too small tier would wait for
@@ -136,7 +138,8 @@ class ExpertStore:
         self._manifest = manifest
         self.recovered = manifest.damage
         """Set when the newest manifest copy was damaged and the store opened the previous commit: what was lost."""
-        self._readers = ThreadPoolExecutor(max_workers=io_depth, thread_name_prefix="expert-read") if io_depth > 1 else None
+        # io_depth - 1 readers: the thread that needs a read makes one request itself (_parallel).
+        self._readers = ThreadPoolExecutor(max_workers=io_depth - 1, thread_name_prefix="expert-read") if io_depth > 1 else None
         self._slabs: dict[str, SlabFile] = {}
         try:
             for k, s in self.spec.items():
@@ -256,11 +259,18 @@ class ExpertStore:
         if self.trace is not None:
             with self._cv:
                 self.trace.append(unique)
+        with self._cv:  # hits first: leased, they cannot be evicted by the loads of the misses
+            misses = [x for x in unique if self._experts[x].hbm is None or self._experts[x].busy]
+            for x in misses:  # counted now: an expert loaded ahead is resident by the time its turn comes
+                self._count_miss(x)
+        order = [x for x in unique if x not in misses] + misses
         stall = 0.0
         acquired = []
         try:
-            for e in unique:
-                stall += self._acquire(e)
+            for e in order:
+                if misses and e == misses[0]:  # the first miss loads here; the others meanwhile on the I/O threads
+                    self._start_loads(misses[1:], prefetch=False)
+                stall += self._acquire(e, counted=e in misses)
                 acquired.append(e)
         except BaseException:
             if acquired and self._error is None:
@@ -302,10 +312,10 @@ class ExpertStore:
         finally:
             self.release(ids, dirty)
 
-    def _acquire(self, e: int) -> float:
-        """Make expert ``e`` hbm-resident and leased; count the access once; return the seconds waited."""
+    def _acquire(self, e: int, counted: bool) -> float:
+        """Make expert ``e`` hbm-resident and leased; count the access once (``counted``: already
+        counted as a miss); return the seconds waited."""
         ent = self._experts[e]
-        counted = False
         start = None
         while True:
             with self._cv:
@@ -321,9 +331,7 @@ class ExpertStore:
                     return 0.0 if start is None else time.perf_counter() - start
                 if not counted:
                     counted = True
-                    self.counters.hbm_misses += 1
-                    if ent.busy and ent.prefetching:
-                        ent.demand_waiting = True  # late: counted as used (and late) if it loads
+                    self._count_miss(e)
                 if start is None:
                     start = time.perf_counter()
                 if ent.busy:
@@ -343,6 +351,13 @@ class ExpertStore:
             with self._cv:
                 self._touch(e)
             return time.perf_counter() - start
+
+    def _count_miss(self, e: int) -> None:
+        """A demand access that finds ``e`` not resident, or in flight (lock held)."""
+        self.counters.hbm_misses += 1
+        ent = self._experts[e]
+        if ent.busy and ent.prefetching:
+            ent.demand_waiting = True  # late: counted as used (and late) if it loads
 
     def _lease(self, e: int) -> None:
         """One more use of expert ``e`` by the calling thread (lock held)."""
@@ -366,19 +381,28 @@ class ExpertStore:
         """Start bringing ``ids`` into hbm on the I/O threads; returns at once."""
         ids = list(dict.fromkeys(ids))
         self._check_ids(ids)
-        started = []
         with self._cv:
             self._check_error()
             if self._closed:
                 raise RuntimeError("prefetch on a closed expert store")
-            if self._flushes_waiting:  # a prefetch is a hint: dropped while a flush waits for quiet
+        self._start_loads(ids, prefetch=True)
+
+    def _start_loads(self, ids: list[int], prefetch: bool) -> None:
+        """Queue loads of those of ``ids`` neither resident nor in flight on the I/O threads: a
+        prefetch's (counted as prefetches), or a demand's misses after its first (loaded ahead while
+        the demand loads that one, so a demand of several misses keeps several reads in flight).
+        Either kind gives up when it finds no free buffer, and is dropped while a flush waits."""
+        started = []
+        with self._cv:
+            if self._flushes_waiting or self._closed:  # a flush waits for quiet; the demand loads inline
                 return
             for e in ids:
                 ent = self._experts[e]
                 if ent.hbm is not None or ent.busy:
                     continue
-                ent.busy = ent.prefetching = True
-                self.counters.prefetch_issued += 1
+                ent.busy = True
+                ent.prefetching = prefetch
+                self.counters.prefetch_issued += prefetch
                 started.append(e)
 
         def unclaim(rest: list[int]) -> None:
@@ -389,7 +413,7 @@ class ExpertStore:
             # A submit can fail (e.g. the pool shut down meanwhile): then nothing not yet submitted may
             # stay "in flight". Not a failure of the store's data, so the store stays usable.
             with self._settling(undo=partial(unclaim, started[i:]), fatal=False):
-                self._pool.submit(self._prefetch_job, e)
+                self._pool.submit(self._load_job, e, prefetch)
 
     def pin(self, ids: Iterable[int]) -> None:
         """Never evict ``ids`` from hbm until :meth:`unpin`; prefetches those not resident."""
@@ -430,19 +454,22 @@ class ExpertStore:
                 h = self._detach(self._hbm, e)
             self._evict_hbm(e, h, free=True)
 
-    def _prefetch_job(self, e: int) -> None:
+    def _load_job(self, e: int, prefetch: bool) -> None:
         try:
-            self._bring_in(e, prefetch=True)
+            self._bring_in(e, prefetch, ahead=not prefetch)
         except BaseException:  # already recorded as the store's error; demands re-raise it
             pass
 
     # ----------------------------------------------------------------------------- movement
-    def _bring_in(self, e: int, prefetch: bool) -> bool:
-        """Load expert ``e`` (claimed: ``busy`` set by the caller) into hbm; False if a prefetch
-        found no buffer. Clears ``busy`` (and settles the prefetch bookkeeping) when done."""
+    def _bring_in(self, e: int, prefetch: bool, ahead: bool = False) -> bool:
+        """Load expert ``e`` (claimed: ``busy`` set by the caller) into hbm; False if a prefetch or an
+        ``ahead`` load (a demand's miss loaded on an I/O thread, :meth:`_start_loads`) found no
+        buffer. Clears ``busy`` (and settles the prefetch bookkeeping) when done; an ``ahead`` load
+        counts its dram hit or miss, as the demand's own load does in :meth:`_acquire`."""
         ent = self._experts[e]
         loaded = False
         h = None
+        from_dram = ent.dram is not None  # stays so while e is busy
 
         def settle() -> None:  # reads h and loaded as they stand when the transfer ends
             if h is not None:  # reserved but not used: give it back
@@ -459,14 +486,14 @@ class ExpertStore:
 
         with self._settling(done=settle):
             with self._cv:
-                h, victim = self._reserve(self._hbm, e, prefetch, lambda x: self._experts[x].pins == 0)
+                h, victim = self._reserve(self._hbm, e, prefetch or ahead, lambda x: self._experts[x].pins == 0)
             if h is None:
                 return False
             if victim is not None:
                 self._evict_hbm(victim, h)
             if ent.dram is None:
                 with self._cv:
-                    d, dvictim = self._reserve(self._dram, e, prefetch, lambda x: self._experts[x].hbm is None)
+                    d, dvictim = self._reserve(self._dram, e, prefetch or ahead, lambda x: self._experts[x].hbm is None)
                 if d is None:
                     return False
                 if dvictim is not None:
@@ -482,6 +509,9 @@ class ExpertStore:
                 ent.hbm, h = h, None
                 self._hbm.lru[e] = None
                 self.counters.bytes_dram_to_hbm += self._record_bytes
+                if ahead:
+                    self.counters.dram_hits += from_dram
+                    self.counters.dram_misses += not from_dram
             loaded = True
             return True
 
@@ -596,8 +626,8 @@ class ExpertStore:
             if crc != expected[k]:
                 where = "its scratch slot" if self.spec[k].scratch else f"slot {ref.slot}"
                 raise CorruptExpertError(self.directory, [e], f"kind {k!r}, {where}")
-        with self._cv:
-            self.counters.bytes_nvme_to_dram += self._record_bytes
+        with self._cv:  # what came from the disk (not the scratch kinds zeroed above)
+            self.counters.bytes_nvme_to_dram += sum(self.spec[k].nbytes for k in kinds)
 
     # ----------------------------------------------------------------------------- durability
     def flush(self, snapshot: str | None = None) -> None:
@@ -724,18 +754,34 @@ class ExpertStore:
 
     def _read_kinds(self, e: int, slot: int, record: Record, kinds: list[str]) -> list[int]:
         """Read ``kinds`` of expert ``e`` (its version in ``slot``) into host ``record``, every request
-        in flight at once on the reader threads; their CRC-32Cs, in the order of ``kinds``."""
-        self._parallel([piece for k in kinds for piece in self._slabs[k].read_pieces(self._slab_slot(k, e, slot), record[k])])
-        return self._parallel([partial(tensor_crc, record[k]) for k in kinds])
+        in flight at once on the reader threads; their CRC-32Cs, in the order of ``kinds``. A kind read
+        in one request is checked in that request's job, while its bytes are still in the CPU's cache;
+        a kind of several requests once they have all arrived."""
+        jobs, fused = [], {}
+        for k in kinds:
+            pieces = self._slabs[k].read_pieces(self._slab_slot(k, e, slot), record[k])
+            if len(pieces) == 1:
+                fused[k] = len(jobs)
+                jobs.append(partial(_read_then_crc, pieces[0], record[k]))
+            else:
+                jobs += pieces
+        done = self._parallel(jobs)
+        rest = [k for k in kinds if k not in fused]
+        crc = dict(zip(rest, self._parallel([partial(tensor_crc, record[k]) for k in rest])))
+        return [done[fused[k]] if k in fused else crc[k] for k in kinds]
 
     def _parallel(self, jobs: list[Callable[[], object]]) -> list:
-        """The results of ``jobs``, run on the reader threads (``io_depth`` in flight; inline when there
-        is one job or one thread); every job has ended before a failure propagates."""
+        """The results of ``jobs``: the first in the calling thread, the rest meanwhile on the reader
+        threads (``io_depth`` requests in flight in all; all inline with one thread); every job has
+        ended before a failure propagates."""
         if self._readers is None or len(jobs) <= 1:
             return [job() for job in jobs]
-        futures = [self._readers.submit(job) for job in jobs]
-        wait(futures)
-        return [f.result() for f in futures]
+        futures = [self._readers.submit(job) for job in jobs[1:]]
+        try:
+            first = jobs[0]()
+        finally:
+            wait(futures)
+        return [first] + [f.result() for f in futures]
 
     @contextmanager
     def _settling(self, done: Callable[[], None] | None = None, undo: Callable[[], None] | None = None,
@@ -783,6 +829,11 @@ class ExpertStore:
                 raise IndexError(f"expert id {e} out of range [0, {self.num_experts})")
         if len(ids) > self.hbm_capacity:
             raise UserError(f"{len(ids)} experts requested at once, but the hbm tier holds {self.hbm_capacity}")
+
+
+def _read_then_crc(read: Callable[[], None], t: torch.Tensor) -> int:
+    read()
+    return tensor_crc(t)
 
 
 def validate_capacities(hbm: int, dram: int, total: int) -> None:

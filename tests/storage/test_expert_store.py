@@ -151,6 +151,37 @@ def test_counters_follow_demand_accesses_exactly(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_demand_of_several_misses_loads_them_concurrently_and_counts_each_once(
+        tmp_path: Path, monkeypatch) -> None:
+    store, truth = _make(tmp_path, n=8, hbm=4, dram=8, io_threads=2)
+    with store.use([5]):
+        pass  # 5 resident: a hit among the misses
+    real = ExpertStore._read_nvme
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def slow(self, e, d):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.1)  # long enough that loads in flight together overlap
+        try:
+            real(self, e, d)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(ExpertStore, "_read_nvme", slow)
+    with store.use([0, 5, 1, 2]) as records:
+        for e, rec in zip([0, 5, 1, 2], records):
+            assert _equal(rec, truth[e])
+    assert state["most"] == 3  # 0 in the demanding thread, 1 and 2 on the two I/O threads
+    s = store.stats()
+    assert (s["hbm_hits"], s["hbm_misses"]) == (1, 4)  # 5 hits here; its first use, 0, 1, 2 missed
+    assert (s["dram_hits"], s["dram_misses"]) == (0, 4)
+    assert s["prefetch_issued"] == 0 and s["bytes_nvme_to_dram"] == 4 * (3 * 700 * 4 + 5 * 8)
+    store.close()
+
+
 def test_pinned_experts_are_never_evicted_and_dirty_ones_never_dropped(tmp_path: Path) -> None:
     store, truth = _make(tmp_path, n=10, hbm=3, dram=4)
     store.pin([7])
@@ -495,13 +526,13 @@ def test_checkpoint_after_a_failed_write_back_raises_and_commits_nothing(tmp_pat
 
 def test_a_late_prefetch_that_is_dropped_is_neither_used_nor_late(tmp_path: Path, monkeypatch) -> None:
     store, _ = _make(tmp_path, n=8, hbm=2, dram=4, io_threads=1)
-    real = ExpertStore._prefetch_job
+    real = ExpertStore._load_job
 
-    def slow(self, e):
+    def slow(self, e, prefetch):
         time.sleep(0.2)
-        real(self, e)
+        real(self, e, prefetch)
 
-    monkeypatch.setattr(ExpertStore, "_prefetch_job", slow)
+    monkeypatch.setattr(ExpertStore, "_load_job", slow)
     store.get([0, 1])  # hbm full of leased experts: the prefetch of 2 will find no buffer
     store.prefetch([2])
     t = threading.Thread(target=lambda: (store.get([2]), store.release([2])))
@@ -665,6 +696,19 @@ def test_scratch_kinds_take_one_slot_round_trip_while_open_and_read_zeros_after_
     with ExpertStore.open(directory, 1, 2) as reopened:  # a resume: durable kept, scratch zero
         with reopened.use([0]) as (rec,):
             assert torch.equal(rec["w"], new_w) and rec["s"].abs().sum() == 0
+
+
+def test_nvme_bytes_count_what_was_read_not_the_scratch_kinds_that_read_as_zeros(tmp_path: Path) -> None:
+    store, _ = _mixed_store(tmp_path)
+    durable, scratch = MIXED["w"].nbytes, MIXED["s"].nbytes
+    with store.use([0]):
+        pass  # scratch not written since the open: zeroed in dram, not read
+    assert store.stats()["bytes_nvme_to_dram"] == durable
+    _write_through(store, 0, {"s": torch.ones(2, 1500)})  # reads experts 1 and 2 (durable only)
+    with store.use([0]):
+        pass  # now its scratch slot holds data: read with the durable kind
+    assert store.stats()["bytes_nvme_to_dram"] == 4 * durable + scratch
+    store.close()
 
 
 def test_a_corrupted_scratch_slot_is_caught_by_its_crc32_while_the_store_is_open(tmp_path: Path) -> None:
