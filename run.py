@@ -54,14 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "stops (rank 0's evaluations pause the others; default: %(default)s)")
 
     ev = sub.add_parser("eval", help="evaluate a run's stage checkpoints and write eval/forgetting.*, "
-                                     "or compare finished runs (--compare)")
+                                     "compare finished runs (--compare) or tabulate a T-maze sweep (--sweep)")
     target = ev.add_mutually_exclusive_group(required=True)
     target.add_argument("--run-dir", type=Path, default=None, help="the run directory to evaluate")
     target.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
                         help="print a side-by-side table of these evaluated runs (runs differing only in "
                              "seed are grouped) with 95%% IQM intervals, and write it as CSV")
+    target.add_argument("--sweep", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="T-maze runs (one tmaze-D each): print success (the share of evaluation episodes "
+                             "that take the cued exit) against delay per method, with 95%% intervals over seeds "
+                             "and episodes, and write it as CSV and PNG")
     ev.add_argument("--csv", type=Path, default=None,
-                    help="with --compare, where the CSV goes (default: <first run>/eval/compare.csv)")
+                    help="with --compare or --sweep, where the CSV goes (default: <first run>/eval/compare.csv; "
+                         "for --sweep: sweep.csv in results/<experiment>/)")
+    ev.add_argument("--png", type=Path, default=None,
+                    help="with --sweep, where the plot goes (default: sweep.png beside the CSV's default)")
     ev.add_argument("--games", default=None, help="comma-separated games to evaluate after every stage "
                                                   "(default: the schedule's games, each from the stage it is first trained)")
     ev.add_argument("--episodes", type=int, default=None, help="episodes per game (default: the run's eval.episodes)")
@@ -183,8 +190,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise UserError("--games, --episodes, --greedy and --reference-run apply to --run-dir, not to --compare")
         compare_runs(args.compare, csv_path=args.csv)
         return
+    if args.sweep is not None:
+        from eval.sweep import sweep_runs
+
+        if args.games is not None or args.episodes is not None or args.greedy or args.reference_run is not None:
+            raise UserError("--games, --episodes, --greedy and --reference-run apply to --run-dir, not to --sweep")
+        sweep_runs(args.sweep, csv_path=args.csv, png_path=args.png)
+        return
     if args.csv is not None:
-        raise UserError("--csv applies only to --compare")
+        raise UserError("--csv applies only to --compare and --sweep")
+    if args.png is not None:
+        raise UserError("--png applies only to --sweep")
     from train.evaluate_run import evaluate_run
 
     games = _games_list(args.games) if args.games is not None else None

@@ -49,7 +49,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -70,7 +70,7 @@ _IGNORED = ("seed", "device")
 
 
 @dataclass
-class _Run:
+class Run:
     root: Path
     config: dict[str, Any]  # flattened ``section.field -> value``
     doc: dict[str, Any]
@@ -96,10 +96,10 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
         if key in seen:
             raise UserError(f"run {d} is given twice to --compare")
         seen[key] = d
-    runs = [_load(d) for d in run_dirs]
+    runs = [load_run(d) for d in run_dirs]
     _check_same_games(runs)
-    groups = _group(runs)
-    labels = _labels(groups)
+    groups = group_runs(runs)
+    labels = group_labels(groups)
     games = list(runs[0].doc["games"])
     columns = [_group_stats(g, games, reps) for g in groups]
 
@@ -124,7 +124,8 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
     return {"labels": labels, "rows": rows, "csv": csv_path}
 
 
-def _load(root: Path) -> _Run:
+def load_run(root: Path) -> Run:
+    """A finished run's flattened config and ``eval/forgetting.json`` (UserError if it has no stage row)."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
     rd = RunDir(root)
@@ -133,7 +134,7 @@ def _load(root: Path) -> _Run:
     if len(doc["hns"]) < 2:  # the before-training row alone: no stage has ended
         raise UserError(f"{rd.eval / 'forgetting.json'} has no stage rows; finish a stage, then "
                         "re-run `python run.py eval`")
-    return _Run(root, config, doc)
+    return Run(root, config, doc)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -146,7 +147,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_same_games(runs: list[_Run]) -> None:
+def _check_same_games(runs: list[Run]) -> None:
     first = runs[0]
     for run in runs[1:]:
         for key in ("games", "stage_games"):
@@ -157,25 +158,29 @@ def _check_same_games(runs: list[_Run]) -> None:
                 )
 
 
-def _group(runs: list[_Run]) -> list[list[_Run]]:
-    """Runs whose configs agree outside :data:`_IGNORED`, in order of first appearance."""
-    groups: dict[tuple, list[_Run]] = {}
+def group_runs(runs: list[Run], ignored: tuple[str, ...] = _IGNORED) -> list[list[Run]]:
+    """Runs whose configs agree outside ``ignored``, in order of first appearance."""
+    groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        key = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in _IGNORED))
+        key = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in ignored))
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 
 
-def _labels(groups: list[list[_Run]]) -> list[str]:
-    # results/<experiment>/<config>/seed<S>: each group is its <config> when that names it alone
-    dirs = [{r.root.parent.name if re.fullmatch(r"seed\d+", r.root.name) else None for r in g} for g in groups]
+def group_labels(groups: list[list[Run]], ignored: tuple[str, ...] = _IGNORED,
+                 config_name: Callable[[str], str] = lambda name: name) -> list[str]:
+    """Each group's label: its ``config_name(<config>)`` when its runs lie in
+    ``results/<experiment>/<config>/seed<S>`` and that names it alone, else the config fields (outside
+    ``ignored``) that differ between groups, or the run's directory name when there is one group."""
+    dirs = [{config_name(r.root.parent.name) if re.fullmatch(r"seed\d+", r.root.name) else None for r in g}
+            for g in groups]
     if all(len(d) == 1 and None not in d for d in dirs) and len(set().union(*dirs)) == len(groups):
         return [d.pop() for d in dirs]
     if len(groups) == 1:
         return [groups[0][0].root.name]
     reps = [g[0].config for g in groups]
     keys = sorted({k for c in reps for k in c})
-    differing = [k for k in keys if k not in _IGNORED and len({repr(c.get(k)) for c in reps}) > 1]
+    differing = [k for k in keys if k not in ignored and len({repr(c.get(k)) for c in reps}) > 1]
     return [",".join(f"{k}={_value_text(c.get(k))}" for k in differing) for c in reps]
 
 
@@ -185,7 +190,7 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _group_stats(group: list[_Run], games: list[str], reps: int) -> dict[str, Any]:
+def _group_stats(group: list[Run], games: list[str], reps: int) -> dict[str, Any]:
     """One group's column: the cells of :func:`compare_runs`' rows (per-game rows as lists ``[G]``)."""
     final = np.array([[math.nan if x is None else float(x) for x in r.doc["hns"][-1]] for r in group],
                      dtype=np.float64).reshape(len(group), len(games))  # [seeds, games]
@@ -225,7 +230,7 @@ def _group_stats(group: list[_Run], games: list[str], reps: int) -> dict[str, An
     return stats
 
 
-def _learning(group: list[_Run], games: list[str], reps: int
+def _learning(group: list[Run], games: list[str], reps: int
               ) -> tuple[list[tuple[float | None, float | None, float | None]], list[str]]:
     """``([G] (point, low, high) of each game's learning, all None where undefined), [names of the
     runs without episode returns for a trained game's two cells]``."""

@@ -331,6 +331,25 @@ def two_level_bootstrap_difference_ci(
     return point, float(low), float(high)
 
 
+def two_level_bootstrap_mean_ci(
+    scores: Sequence[ArrayLike],
+    reps: int = 2000,
+    alpha: float = 0.05,
+    seed: int | np.random.Generator | None = 0,
+) -> tuple[float, float, float]:
+    r"""Mean over seeds of each seed's episode mean, with the two-level bootstrap interval of
+    :func:`two_level_bootstrap_difference_ci` (seeds, then each drawn seed's episodes): that
+    function with a ``before`` of a single 0 per seed, which every replicate resamples to 0.
+
+    Args:
+        scores: ``[N]`` arrays ``[K_n]``: each seed's episode scores of one evaluation.
+
+    Returns:
+        ``(point, low, high)`` as floats.
+    """
+    return two_level_bootstrap_difference_ci(scores, [np.zeros(1)] * len(scores), reps, alpha, seed)
+
+
 def _finite_1d(values: ArrayLike) -> np.ndarray:
     """The finite entries of a 1-D array ``[K]`` (ValueError if it is not 1-D)."""
     x = np.asarray(values, dtype=np.float64)
