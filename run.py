@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device (default: %(default)s)")
 
     be = sub.add_parser("bench", help="measure speed; prints a table, or one JSON object with --json")
-    be.add_argument("name", help="benchmark: throughput (env, actor, training speed) or rtrl (RTRL vs BPTT time and memory)")
+    be.add_argument("name", help="benchmark: throughput (env, actor, training speed), rtrl (RTRL vs BPTT time and memory), "
+                                 "store (the expert store's links and cache policies), moe (MoE learner cost against E), "
+                                 "cache (prefetch policies on a real run's trace) or scale (the MoE learner with its "
+                                 "experts' state past the machine's RAM)")
     be.add_argument("--json", action="store_true", help="print one JSON object with a `rows` list")
     be.add_argument("--seconds", type=float, default=10.0, help="measuring time per row (default: %(default)s)")
 

@@ -20,7 +20,8 @@ import sys
 from common.errors import UserError
 
 
-BENCHMARKS: dict[str, str] = {"throughput": "bench.throughput", "rtrl": "bench.rtrl", "store": "bench.store", "moe": "bench.moe", "cache": "bench.cache"}
+BENCHMARKS: dict[str, str] = {"throughput": "bench.throughput", "rtrl": "bench.rtrl", "store": "bench.store", "moe": "bench.moe", "cache": "bench.cache",
+                               "scale": "bench.scale"}
 """Benchmark name -> module with ``run(seconds) -> dict`` and ``format_table(result) -> str``; imported
 lazily so one benchmark's imports never slow another."""
 
