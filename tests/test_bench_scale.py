@@ -27,6 +27,8 @@ def test_rows_measure_real_traffic_past_the_dram_tier(result):
         assert math.isfinite(row["ms_between"]) and row["ms_between"] > 0 and row["ms_switch"] > 0
         assert row["peak_rss_mib"] > 0 and row["disk_gib"] > 0 and row["updates"] >= scale.UPDATES_PER_GAME
     assert small["bytes_nvme_to_dram"] == 0 and small["hit_rate_hbm"] == 1.0  # 8 experts: all stay in hbm
+    assert small["hit_rate_dram"] is None  # never asked: no rate (and the JSON stays valid)
+    json.dumps(result, allow_nan=False)
     # 24 games of 2 experts cycle through a dram tier of 32 experts: every switch reads a cohort from NVMe.
     record = result["config"]["record_bytes"]
     assert mid["bytes_nvme_to_dram"] * scale.UPDATES_PER_GAME == pytest.approx(scale.TOP_K * record, rel=0.5)
