@@ -60,26 +60,39 @@ def run(seconds: float) -> dict:
     return {"config": config, "rows": rows}
 
 
+class Learner:
+    """The MoE core's learner path on fixed random inputs x [T + 1, B, D] and a fixed random linear
+    loss W [T, B, N] on its outputs, with its experts in a store (``bench/scale.py`` uses it too)."""
+
+    def __init__(self, directory: Path, E: int, games: int, hbm: int, dram: int, lazy: bool = True) -> None:
+        self.core = MoEELSTMCore(D, N, E, TOP_K, "game", schedule=list(range(games)), num_games=games, lazy=lazy)
+        rule = RMSprop(0.99, 0.01)
+        self.store = create_store(self.core, directory, B, hbm=hbm, dram=dram, device="cpu", rule=rule)
+        self.core.attach_store(self.store)
+        self.optimizer = ExpertOptimizer(self.core, rule)
+        self.carry = self.core.learner_carry(B, "cpu")
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(T + 1, B, D, generator=gen)
+        self.W = torch.randn(T, B, N, generator=gen)
+        self.first = torch.zeros(T + 1, B, dtype=torch.bool)
+
+    def update(self, game: int) -> None:
+        """One update (unroll, backward, sensitivities, the experts' RMSprop step) with every stream on ``game``."""
+        game_id = torch.full((T + 1, B), game, dtype=torch.long)
+        out, ctx = self.core.learner_unroll(self.x, self.first, (), self.carry, 0, game_id)
+        (self.W * out[:T]).sum().backward()
+        self.carry = self.core.learner_after_backward(ctx)
+        self.optimizer.step(1e-4)
+
+
 def _row(directory: Path, E: int, lazy: bool, seconds: float) -> dict:
-    core = MoEELSTMCore(D, N, E, TOP_K, "game", schedule=[0], num_games=1, lazy=lazy)
-    rule = RMSprop(0.99, 0.01)
-    store = create_store(core, directory, B, hbm=E, dram=E, device="cpu", rule=rule)
-    core.attach_store(store)
-    optimizer = ExpertOptimizer(core, rule)
-    carry = core.learner_carry(B, "cpu")
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(T + 1, B, D, generator=gen)
-    W = torch.randn(T, B, N, generator=gen)
-    first = torch.zeros(T + 1, B, dtype=torch.bool)
-    game = torch.zeros(T + 1, B, dtype=torch.long)
+    learner = Learner(directory, E, 1, hbm=E, dram=E, lazy=lazy)
+    store = learner.store
     times = []
     deadline = None
     while len(times) < 3 or time.perf_counter() < deadline:
         start = time.perf_counter()
-        out, ctx = core.learner_unroll(x, first, (), carry, 0, game)
-        (W * out[:T]).sum().backward()
-        carry = core.learner_after_backward(ctx)
-        optimizer.step(1e-4)
+        learner.update(0)
         elapsed = time.perf_counter() - start
         if deadline is None and len(times) + 1 >= WARMUP:
             deadline = time.perf_counter() + seconds

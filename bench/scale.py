@@ -34,13 +34,11 @@ from pathlib import Path
 
 import torch
 
-from agent.cores.moe_elstm import MoEELSTMCore
+from bench.moe import B, D, N, T, TOP_K, Learner
 from bench.store import IO_DEPTH, _disk_raw
-from train.expert_optimizer import ExpertOptimizer, RMSprop
-from train.experts import create_store, expert_spec
+from train.expert_optimizer import RMSprop
+from train.experts import expert_spec
 
-TOP_K = 2
-N, D, B, T = 256, 256 + 1 + 18, 8, 20
 HBM, DRAM = 8, 32
 UPDATES_PER_GAME = 3
 RAM_FACTOR = 1.5
@@ -89,29 +87,17 @@ def _row(directory: Path, E: int, seconds: float, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     games = E // TOP_K
-    core = MoEELSTMCore(D, N, E, TOP_K, "game", schedule=list(range(games)), num_games=games)
-    rule = RMSprop(0.99, 0.01)
-    store = create_store(core, directory, B, hbm=HBM, dram=min(DRAM, E), device="cpu", rule=rule)
-    core.attach_store(store)
-    optimizer = ExpertOptimizer(core, rule)
-    carry = core.learner_carry(B, "cpu")
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(T + 1, B, D, generator=gen)
-    W = torch.randn(T, B, N, generator=gen)
-    first = torch.zeros(T + 1, B, dtype=torch.bool)
+    learner = Learner(directory, E, games, hbm=HBM, dram=min(DRAM, E))
+    store = learner.store
     between, switch, stalls, switch_bytes = [], [], [], []
     warm = 2 * UPDATES_PER_GAME * max(1, DRAM // TOP_K + 1)  # past the point where dram first fills
     deadline, u, base = None, 0, None
     while deadline is None or time.perf_counter() < deadline or len(between) < UPDATES_PER_GAME - 1:  # a whole game at least
         if u == warm:
             deadline, base = time.perf_counter() + seconds, store.stats()
-        game = torch.full((T + 1, B), (u // UPDATES_PER_GAME) % games, dtype=torch.long)
         before = store.stats()
         start = time.perf_counter()
-        out, ctx = core.learner_unroll(x, first, (), carry, 0, game)
-        (W * out[:T]).sum().backward()
-        carry = core.learner_after_backward(ctx)
-        optimizer.step(1e-4)
+        learner.update((u // UPDATES_PER_GAME) % games)
         elapsed = (time.perf_counter() - start) * 1000
         after = store.stats()
         if deadline is not None:
