@@ -14,6 +14,8 @@ class ModelConfig:
     """Width of the encoder output and of the recurrent core."""
     learning: str = "rtrl"
     """How the core's recurrent weights learn: `tbptt` (backprop through the rollout, cut every --unroll steps) or `rtrl` (exact, untruncated real-time recurrent learning; eLSTM only)."""
+    chrono_max: float = 0.0
+    """Forget-gate bias init of every core, in steps: 0 = the default (eLSTM/MoE zeros, forget gate 0.5, a memory of about 2 steps at the start; LSTM PyTorch's); T > 2 = chrono init (Tallec & Ollivier 2018), time constants spread over 2..T steps, for tasks whose memory spans tens to thousands of steps (the T-maze)."""
     unroll: int = 0
     """Truncation length M for `tbptt` in steps (0 = the whole rollout); RTRL never truncates."""
     rtrl_form: str = "segment"

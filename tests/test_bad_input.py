@@ -55,6 +55,7 @@ def _command_lines(runs: dict[str, Path], base: Path, readonly: Path | None) -> 
         [*smoke, "--rollout-length", "10000000000"],
         [*smoke, "--lr", "nan"],
         [*smoke, "--lr", "-1"],
+        [*smoke, "--chrono-max", "2"],
         [*smoke, "--core", "transformer"],
         [*smoke, "--learning", "rtrl"],
         [*smoke, "--eval-greedy", "maybe"],

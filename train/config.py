@@ -171,6 +171,8 @@ class RunConfig:
                             f"(rollout length x num envs x 4 = {self.frames_per_update()})")
         if self.learner.lr_warmup < 0:
             raise UserError(f"--lr-warmup must be >= 0 updates (0 = off), got {self.learner.lr_warmup}")
+        if not (math.isfinite(self.model.chrono_max) and (self.model.chrono_max == 0 or self.model.chrono_max > 2)):
+            raise UserError(f"--chrono-max must be 0 (off) or a number of steps > 2, got {self.model.chrono_max}")
         if self.model.unroll < 0:
             raise UserError(f"--unroll must be >= 0 (0 = whole rollout), got {self.model.unroll}")
         if not self.env.games:

@@ -18,10 +18,11 @@ def make_core(cfg, input_size: int, schedule: list[int] | None = None, num_games
             raise ValueError("the MoE core needs the schedule's game ids")
         return MoEELSTMCore(input_size, cfg.hidden_size, cfg.num_experts, cfg.top_k, cfg.routing, schedule, num_games,
                             rtrl_form=cfg.rtrl_form, lazy=cfg.lazy, balance_cost=cfg.balance_cost,
-                            collectives=collectives or Collectives())
+                            collectives=collectives or Collectives(), chrono_max=cfg.chrono_max)
     if cfg.core == "elstm":
-        return ELSTMCore(input_size, cfg.hidden_size, learning=cfg.learning, rtrl_form=cfg.rtrl_form)
-    return LSTMCore(input_size, cfg.hidden_size)
+        return ELSTMCore(input_size, cfg.hidden_size, learning=cfg.learning, rtrl_form=cfg.rtrl_form,
+                          chrono_max=cfg.chrono_max)
+    return LSTMCore(input_size, cfg.hidden_size, chrono_max=cfg.chrono_max)
 
 
 __all__ = ["Collectives", "Core", "State", "LSTMCore", "ELSTMCore", "MoEELSTMCore", "make_core"]

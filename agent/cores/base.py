@@ -18,6 +18,19 @@ from torch import nn
 State = tuple[torch.Tensor, ...]
 
 
+def chrono_forget_bias(size: int, chrono_max: float) -> torch.Tensor:
+    """[size] forget-gate biases: zeros for ``chrono_max`` <= 2, else chrono initialisation
+    b_f ~ log U(1, chrono_max - 1) (Tallec & Ollivier 2018).
+
+    A cell with f = sigmoid(b_f) keeps a fraction f of its content per step, a time constant of
+    about 1 / (1 - f) = 1 + e^b_f steps: zeros give f = 0.5 (about 2 steps, so a cue 100 steps back
+    has decayed by 2^-100 and so has every gradient to it); chrono gives time constants spread
+    uniformly over 2..chrono_max steps."""
+    if chrono_max <= 2:
+        return torch.zeros(size)
+    return torch.log(torch.empty(size).uniform_(1.0, chrono_max - 1.0))
+
+
 class Core(nn.Module, ABC):
     input_size: int
     output_size: int

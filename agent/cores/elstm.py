@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from agent.cores.base import Core, State
+from agent.cores.base import Core, State, chrono_forget_bias
 from agent.rtrl import (VECTORS, decay_stats, derivatives, immediates, last_cell, leaf_grad, per_step_sensitivities,
                         run, segment_decay, segment_sensitivities, unroll)
 
@@ -89,8 +89,7 @@ class _Record:
 class ELSTMCore(Core):
     def __init__(self, input_size: int, hidden_size: int, learning: str = "tbptt", rtrl_form: str = "segment",
                  chrono_max: float = 0.0):
-        """``chrono_max`` > 1: chrono initialisation of the forget bias, b_f ~ log U(1, chrono_max - 1)
-        (Tallec & Ollivier 2018), so some cells start out remembering for ~chrono_max steps."""
+        """``chrono_max`` > 2: chrono initialisation of the forget bias (:func:`chrono_forget_bias`)."""
         super().__init__()
         self.input_size, self.output_size = input_size, hidden_size
         self.learning, self.rtrl_form = learning, rtrl_form
@@ -100,8 +99,7 @@ class ELSTMCore(Core):
         self.Z = nn.Parameter(torch.empty(N, D).uniform_(-bound, bound))
         self.w_f = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
         self.w_z = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
-        b_f = torch.log(torch.empty(N).uniform_(1.0, chrono_max - 1.0)) if chrono_max > 2 else torch.zeros(N)
-        self.b_f = nn.Parameter(b_f)
+        self.b_f = nn.Parameter(chrono_forget_bias(N, chrono_max))
         self.b_z = nn.Parameter(torch.zeros(N))
         self.out = nn.Linear(D + N, N)
         self._stats: dict[str, float] = {}

@@ -61,7 +61,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from agent.cores.base import Core, State
+from agent.cores.base import Core, State, chrono_forget_bias
 from agent.router import Router
 from agent.rtrl import (VECTORS, contract, decay_stats, derivatives, immediates, last_cell, leaf_grad,
                         per_step_sensitivities, run, segment_decay, segment_sensitivities, step_update, unroll)
@@ -129,9 +129,10 @@ class _Pass:
 class MoEELSTMCore(Core):
     def __init__(self, input_size: int, hidden_size: int, num_experts: int, top_k: int, routing: str,
                  schedule: list[int], num_games: int, rtrl_form: str = "segment", lazy: bool = True,
-                 balance_cost: float = 0.01, collectives: Collectives = Collectives()) -> None:
+                 balance_cost: float = 0.01, collectives: Collectives = Collectives(), chrono_max: float = 0.0) -> None:
         """``schedule``: the run's game ids in stage order (game routing, per-game statistics);
-        ``collectives``: the ranks of a data-parallel run (default: this process alone)."""
+        ``collectives``: the ranks of a data-parallel run (default: this process alone);
+        ``chrono_max`` > 2: chrono initialisation of the forget bias (:func:`chrono_forget_bias`)."""
         super().__init__()
         self.input_size, self.output_size = input_size, hidden_size
         self.num_experts, self.top_k = num_experts, top_k
@@ -141,7 +142,7 @@ class MoEELSTMCore(Core):
         bound = 1.0 / math.sqrt(D)
         self.w_f = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
         self.w_z = nn.Parameter(torch.empty(N).uniform_(-1.0, 1.0))
-        self.b_f = nn.Parameter(torch.zeros(N))
+        self.b_f = nn.Parameter(chrono_forget_bias(N, chrono_max))
         self.b_z = nn.Parameter(torch.zeros(N))
         self.out = nn.Linear(D + N, N)
         self.router = Router(D, E, top_k, routing, schedule, num_games)
