@@ -47,17 +47,21 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from agent.config import ModelConfig
 from common.errors import UserError
+from envs.config import EnvConfig
 from envs.registry import normalized_score
+from eval.config import EvalConfig
 from eval.forgetting import mean_or_none, read_episode_returns, read_forgetting, read_wall_seconds
 from eval.metrics import first_stages, stratified_bootstrap_ci, two_level_bootstrap_difference_ci
 from storage.atomic import atomic_write_text
+from storage.config import StoreConfig
 from storage.run_dir import RunDir
 
 CSV_NAME = "compare.csv"
@@ -129,12 +133,19 @@ def load_run(root: Path) -> Run:
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
     rd = RunDir(root)
-    config = _flatten(rd.read_config_json())
+    config = {**_layer_defaults(), **_flatten(rd.read_config_json())}
     doc = read_forgetting(rd.eval)
     if len(doc["hns"]) < 2:  # the before-training row alone: no stage has ended
         raise UserError(f"{rd.eval / 'forgetting.json'} has no stage rows; finish a stage, then "
                         "re-run `python run.py eval`")
     return Run(root, config, doc)
+
+
+def _layer_defaults() -> dict[str, Any]:
+    """The flattened defaults of the config sections below eval, so a config.json written before a
+    field existed groups with newer runs of the same method (a new field's default keeps old behaviour)."""
+    sections = {"env": EnvConfig(), "eval": EvalConfig(), "model": ModelConfig(), "store": StoreConfig()}
+    return _flatten({name: asdict(section) for name, section in sections.items()})
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

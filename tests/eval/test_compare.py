@@ -146,6 +146,22 @@ def test_groups_in_the_results_layout_are_labelled_by_their_config_directories(t
                                                           "model.core=elstm,model.learning=rtrl"]
 
 
+def test_a_field_added_after_a_run_was_written_takes_its_default_when_grouping(tmp_path):
+    """A config.json written before a field existed (here model.chrono_max, whose default 0 means off)
+    groups with a newer seed of the same method instead of making a column of its own."""
+    old = make_run(tmp_path / "moe" / "seed1", [[0.5, NAN], [0.2, 0.8]], seed=1)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["model"]["chrono_max"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    new = make_run(tmp_path / "moe" / "seed2", [[0.6, NAN], [0.4, 0.6]], seed=2)
+    assert dict(compare_runs([old, new], reps=200)["rows"])["seeds"] == [2]
+    other = make_run(tmp_path / "chrono" / "seed1", [[0.6, NAN], [0.4, 0.6]], seed=1)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["chrono_max"] = 300.0  # a real difference still splits the groups
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert dict(compare_runs([old, new, other], reps=200)["rows"])["seeds"] == [2, 1]
+
+
 def test_cli_writes_csv_that_reads_back(runs, tmp_path):
     out_csv = tmp_path / "out" / "table.csv"
     proc = run_cli("eval", "--compare", *map(str, runs), "--csv", str(out_csv), timeout=60, check=True)
