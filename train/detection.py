@@ -30,6 +30,7 @@ detector the evaluation still switches the oracle's cohort and demands the exper
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ class DetectorDriver:
         self.tracker = SwitchTracker(num_streams)
         self.steps = 0
         self.correct = self.predicted = 0
+        self._counts = threading.Lock()  # the actor thread counts, the logging thread reads and resets
         self.latency: int | None = None
         self.majority = -1
         if mode == "oracle" and prefetcher is not None:
@@ -82,8 +84,10 @@ class DetectorDriver:
         with torch.no_grad():
             prediction = self.detector.predict(frames).cpu()
         detected, _ = self.tracker.update(prediction)
-        self.correct += int((prediction == self.game).sum())
-        self.predicted += prediction.numel()
+        hits, n = int((prediction == self.game).sum()), prediction.numel()
+        with self._counts:
+            self.correct += hits
+            self.predicted += n
         majority = majority_game(detected, self.detector.num_classes)
         if majority == self.game and self.latency is None:
             self.latency = self.steps
@@ -98,12 +102,14 @@ class DetectorDriver:
 
     def stats(self) -> dict[str, float]:
         """Scalars for the window since the previous call (accuracy) and the stage so far (latency)."""
+        with self._counts:
+            correct, predicted = self.correct, self.predicted
+            self.correct = self.predicted = 0
         out = {}
-        if self.predicted:
-            out[tags.DETECTOR_ACCURACY] = self.correct / self.predicted
+        if predicted:
+            out[tags.DETECTOR_ACCURACY] = correct / predicted
         if self.latency is not None:
             out[tags.DETECTOR_LATENCY] = float(self.latency)
-        self.correct = self.predicted = 0
         return out
 
 

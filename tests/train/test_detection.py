@@ -77,3 +77,50 @@ def test_t_mazes_that_share_a_game_id_share_one_usage_row_and_one_cohort():
     assert cohorts.cohort(1) == cohorts.cohort(0) == [1, 3] and cohorts.cohort(2) == []
     core, cfg = core_and_cfg(["Pong", "Breakout", "Pong"])
     assert usage_rows(cfg, core) == [0, 1] and usage_labels(cfg, core) == ["Pong", "Breakout"]
+
+
+
+def test_an_accuracy_window_read_while_the_actor_thread_counts_stays_within_0_and_1():
+    """The actor thread counts each step's detections while the logging thread reads and resets the
+    window. A read that landed between the two counters once logged an accuracy above 1 (CI, stop 25).
+    Here the logging thread reads at that exact moment: the step's predictions (all right, so the
+    window's accuracy is 1) call it from ``numel``, which the count evaluates after adding the hits."""
+    import threading
+
+    from agent.detector import GameDetector
+
+    class _Reading(torch.Tensor):
+        hook = None
+
+        def numel(self):
+            if _Reading.hook is not None:
+                _Reading.hook()
+            return super().numel()
+
+    class _RightDetector:
+        """The real detector, whose predictions are replaced by the truth (game 1)."""
+
+        def __init__(self) -> None:
+            self.inner = GameDetector(num_classes=2)
+            self.num_classes = 2
+
+        def predict(self, frames):
+            return torch.ones(frames.shape[0], dtype=torch.int64).as_subclass(_Reading)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    driver = DetectorDriver(_RightDetector(), 4, 1, "detector", None)
+    frames = np.zeros((4, 4, 84, 84), dtype=np.uint8)
+    for _ in range(3):
+        driver.on_frames(frames)
+    read: list[dict] = []
+    logger = threading.Thread(target=lambda: read.append(driver.stats()))
+    _Reading.hook = lambda: (logger.start(), logger.join(timeout=0.5))
+    try:
+        driver.on_frames(frames)
+    finally:
+        _Reading.hook = None
+    logger.join()
+    windows = [read[0]["detector/accuracy"], driver.stats().get("detector/accuracy", 1.0)]
+    assert all(0.0 <= v <= 1.0 for v in windows), windows
