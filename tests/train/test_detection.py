@@ -1,12 +1,16 @@
 """The detection drivers of a MoE run without a game detector (games without 84 x 84 frames, the
 T-maze): the oracle still pins each game's cohort, in training and in evaluation, no frame is read,
-and the evaluation still demands the experts its policy routed to."""
+and the evaluation still demands the experts its policy routed to; and with a detector, an accuracy
+window read from the logging thread while the actor thread counts stays consistent."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
 
+from agent.detector import GameDetector
 from train.detection import DetectorDriver, EvalDetection
 
 
@@ -85,10 +89,6 @@ def test_an_accuracy_window_read_while_the_actor_thread_counts_stays_within_0_an
     window. A read that landed between the two counters once logged an accuracy above 1 (CI, stop 25).
     Here the logging thread reads at that exact moment: the step's predictions (all right, so the
     window's accuracy is 1) call it from ``numel``, which the count evaluates after adding the hits."""
-    import threading
-
-    from agent.detector import GameDetector
-
     class _Reading(torch.Tensor):
         hook = None
 
