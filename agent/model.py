@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +13,7 @@ from torch import nn
 from agent.config import ModelConfig
 from agent.cores import Collectives, Core, State, make_core
 from agent.encoders import make_encoder
-from envs.atari import OBS_SHAPE
+from envs.atari import OBS_SHAPE, EnvStep
 from envs.registry import GAMES, action_masks, game_id, observation_shape
 
 
@@ -25,7 +26,9 @@ class Inputs:
     (0 at an episode start). reward: float [T, B], the clipped reward that arrived with frame t.
     first: bool [T, B], frame t starts an episode (the core state is reset before it).
     game_id: int64 [T, B], the game of frame t (``envs.registry``): masks the actions that game
-    does not take; None = all actions allowed.
+    does not take; None = all actions allowed. allowed: bool [T, B, A_env] (A_env <= A), the env's
+    per-step mask over the first A_env actions (``EnvStep.allowed``, e.g. the T-maze's corridor);
+    None = no per-step mask.
     """
 
     frames: torch.Tensor
@@ -33,6 +36,19 @@ class Inputs:
     reward: torch.Tensor
     first: torch.Tensor
     game_id: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
+
+
+def step_inputs(step: EnvStep, prev_action: torch.Tensor, reward_clip: float, device: torch.device | str
+                ) -> Inputs:
+    """One env step as network inputs with T = 1, on ``device``; ``prev_action`` int64 [B], the
+    reward clipped to [-reward_clip, reward_clip] (the actor's and the evaluation's acting passes)."""
+    def put(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device).unsqueeze(0)
+
+    return Inputs(frames=put(step.obs), prev_action=prev_action.to(device).unsqueeze(0),
+                  reward=put(step.reward).clamp(-reward_clip, reward_clip), first=put(step.first),
+                  game_id=put(step.game_id), allowed=None if step.allowed is None else put(step.allowed))
 
 
 MASKED_LOGIT = -1e9
@@ -72,22 +88,29 @@ class ActorCritic(nn.Module):
         prev = F.one_hot(inp.prev_action, self.num_actions).to(features.dtype)
         return torch.cat([features, inp.reward.unsqueeze(-1).to(features.dtype), prev], dim=-1)
 
-    def heads(self, core_out: torch.Tensor, game_id: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(self, core_out: torch.Tensor, game_id: torch.Tensor | None = None,
+              allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """core outputs [T, B, H] -> (policy logits [T, B, A], values [T, B]).
 
         With ``game_id`` [T, B], the logits of actions the game does not take are set to
         :data:`MASKED_LOGIT`: their probability is exactly 0, and log-probabilities and the entropy
-        stay finite (0 * -1e9 = 0, where -inf would give NaN).
+        stay finite (0 * -1e9 = 0, where -inf would give NaN). ``allowed`` [T, B, A_env] masks the
+        first A_env actions further, step by step (:class:`Inputs`). A step with one action left
+        has log-probability 0 and entropy 0 there, so it adds no policy gradient.
         """
         logits = self.policy(core_out)
-        if game_id is not None:
-            logits = logits.masked_fill(~self.allowed_actions[game_id], MASKED_LOGIT)
+        keep = None if game_id is None else self.allowed_actions[game_id]
+        if allowed is not None:
+            step = F.pad(allowed, (0, self.num_actions - allowed.shape[-1]), value=True)
+            keep = step if keep is None else keep & step
+        if keep is not None:
+            logits = logits.masked_fill(~keep, MASKED_LOGIT)
         return logits, self.value(core_out).squeeze(-1)
 
     def forward(self, inp: Inputs, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
         """Acting pass: -> (logits [T, B, A], values [T, B], state after the last step)."""
         out, state = self.core(self.core_inputs(inp), inp.first, state, inp.game_id)
-        logits, values = self.heads(out, inp.game_id)
+        logits, values = self.heads(out, inp.game_id, inp.allowed)
         return logits, values, state
 
     def learner_forward(self, inp: Inputs, rollout_state: State, carry: Any, truncation: int
@@ -95,7 +118,7 @@ class ActorCritic(nn.Module):
         """Learning pass through the core's learner hook: -> (logits, values, context for after_backward)."""
         out, context = self.core.learner_unroll(self.core_inputs(inp), inp.first, rollout_state, carry, truncation,
                                                 inp.game_id)
-        logits, values = self.heads(out, inp.game_id)
+        logits, values = self.heads(out, inp.game_id, inp.allowed)
         return logits, values, context
 
 

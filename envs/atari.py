@@ -38,6 +38,9 @@ class EnvStep:
     game_id: int64 id of the game (``envs.registry``). finished: (raw return, length in agent
     steps) of the episodes that ended at this step, one tuple per ended stream. life_lost: the game
     took a life at ``obs`` without ending the episode (Atari games with lives; all False otherwise).
+    allowed: bool [B, A_env] or None, the actions the policy may take at ``obs``, over the env's first
+    A_env actions (a task whose choices change from step to step, e.g. the T-maze's corridor, where
+    only action 0 is offered); None: every action the game takes (Atari, the grid tasks).
     """
 
     obs: np.ndarray
@@ -48,6 +51,7 @@ class EnvStep:
     game_id: np.ndarray
     finished: list[tuple[float, int]]
     life_lost: np.ndarray = field(default=None)  # type: ignore[assignment]
+    allowed: np.ndarray | None = None
 
     def __post_init__(self):
         if self.life_lost is None:

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from agent.model import ActorCritic, Inputs
+from agent.model import ActorCritic, step_inputs
 from envs.registry import game_id, make_env, normalized_score
 from eval.curves import normalized_matrix
 from eval.forgetting import write_forgetting
@@ -41,14 +41,7 @@ def evaluate_game(model: ActorCritic, game: str, env_cfg: EnvConfig, eval_cfg: E
         state = model.initial_state(K, device)
         prev_action = torch.zeros(K, dtype=torch.int64, device=device)
         while np.isnan(returns).any():
-            inp = Inputs(
-                frames=torch.from_numpy(step.obs).to(device).unsqueeze(0),
-                prev_action=prev_action.unsqueeze(0),
-                reward=torch.from_numpy(step.reward).to(device).clamp(-env_cfg.reward_clip, env_cfg.reward_clip).unsqueeze(0),
-                first=torch.from_numpy(step.first).to(device).unsqueeze(0),
-                game_id=torch.from_numpy(step.game_id).to(device).unsqueeze(0),
-            )
-            logits, _, state = model(inp, state)
+            logits, _, state = model(step_inputs(step, prev_action, env_cfg.reward_clip, device), state)
             if on_step is not None:
                 on_step(game, step.obs)
             if eval_cfg.greedy:

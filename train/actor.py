@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from agent.cores import State
-from agent.model import ActorCritic, Inputs
+from agent.model import ActorCritic, step_inputs
 from envs.atari import AtariVecEnv, EnvStep
 
 
@@ -32,7 +32,8 @@ class Rollout:
     first / terminated / done bool [T+1, B] (frame t starts an episode / ends one by the game's
     rules / ends one by rules or the step cap); life_lost bool [T+1, B] (the game took a life at frame
     t without ending the episode; ``--life-loss`` cuts the bootstrap there); prev_action, action int64 [T+1, B] (the action
-    before / chosen at frame t); behaviour_logits float32 [T+1, B, A]; game_id int64 [T+1, B].
+    before / chosen at frame t); behaviour_logits float32 [T+1, B, A]; game_id int64 [T+1, B];
+    allowed bool [T+1, B, A_env] or None, the env's per-step action mask (``EnvStep.allowed``).
     initial_state: the actor's core state before step 0. episodes: (raw return, length) of the
     episodes that ended inside the rollout. param_version: the parameter version that acted.
     env_time, act_time: seconds spent stepping envs and running the policy. started: the actor's
@@ -50,6 +51,7 @@ class Rollout:
     behaviour_logits: torch.Tensor
     game_id: torch.Tensor
     initial_state: State
+    allowed: torch.Tensor | None = None
     episodes: list[tuple[float, int]] = field(default_factory=list)
     param_version: int = 0
     env_time: float = 0.0
@@ -130,13 +132,7 @@ class Actor(threading.Thread):
         """Run the policy on one env step; returns the record of that step (state_in = before it)."""
         if self.on_frames is not None:
             self.on_frames(step.obs)
-        inp = Inputs(
-            frames=torch.from_numpy(step.obs).to(self.device).unsqueeze(0),
-            prev_action=torch.from_numpy(prev_action).to(self.device).unsqueeze(0),
-            reward=torch.from_numpy(step.reward).to(self.device).clamp(-self.reward_clip, self.reward_clip).unsqueeze(0),
-            first=torch.from_numpy(step.first).to(self.device).unsqueeze(0),
-            game_id=torch.from_numpy(step.game_id).to(self.device).unsqueeze(0),
-        )
+        inp = step_inputs(step, torch.from_numpy(prev_action), self.reward_clip, self.device)
         logits, _, state_out = self.model(inp, state)
         action = _sample(torch.softmax(logits[0], -1), self.generators)
         return {"step": step, "prev_action": prev_action, "state_in": state, "state_out": state_out,
@@ -170,6 +166,7 @@ class Actor(threading.Thread):
             action=torch.stack([r["action"] for r in records]).cpu(),
             behaviour_logits=torch.stack([r["logits"] for r in records]).cpu(),
             game_id=stack("game_id"), initial_state=tuple(s.clone() for s in current["state_in"]),
+            allowed=None if step.allowed is None else stack("allowed"),
             episodes=episodes, param_version=self.version, env_time=env_time, act_time=act_time,
             started=started,
         )

@@ -61,7 +61,8 @@ class Learner:
         lc = self.cfg.learner
         r = _to_device(rollout, self.device)
         clipped = r.reward.clamp(-self.cfg.env.reward_clip, self.cfg.env.reward_clip)
-        inp = Inputs(frames=r.frames, prev_action=r.prev_action, reward=clipped, first=r.first, game_id=r.game_id)
+        inp = Inputs(frames=r.frames, prev_action=r.prev_action, reward=clipped, first=r.first, game_id=r.game_id,
+                     allowed=r.allowed)
         core = self.model.core
         logits, values, context = self.model.learner_forward(inp, r.initial_state, self.carry, self.cfg.model.unroll)
 

@@ -33,7 +33,8 @@ def screen_kl(model: ActorCritic, rollout: Rollout, reward_clip: float, generato
 
     def log_pi(f: torch.Tensor) -> torch.Tensor:
         inp = Inputs(frames=f.to(device), prev_action=rollout.prev_action.to(device), reward=reward.to(device),
-                     first=rollout.first.to(device), game_id=rollout.game_id.to(device))
+                     first=rollout.first.to(device), game_id=rollout.game_id.to(device),
+                     allowed=None if rollout.allowed is None else rollout.allowed.to(device))
         return F.log_softmax(model(inp, state)[0], dim=-1)
 
     real, other = log_pi(frames), log_pi(shuffled)

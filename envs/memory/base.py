@@ -72,7 +72,7 @@ class MemoryVecEnv:
         self._obs = np.repeat(self._views()[:, None], self.obs_shape[0], axis=1)
         zeros = np.zeros(B, dtype=bool)
         return EnvStep(self._obs, np.zeros(B, np.float32), zeros, zeros.copy(), np.ones(B, dtype=bool),
-                       self._game_id.copy(), [])
+                       self._game_id.copy(), [], allowed=self._allowed())
 
     def step(self, actions: np.ndarray) -> EnvStep:
         actions = np.asarray(actions, dtype=np.int64)
@@ -97,7 +97,8 @@ class MemoryVecEnv:
         obs[:, -1] = self._views()
         obs[restart] = obs[restart, -1:]
         self._obs = obs
-        return EnvStep(obs, reward, terminated, truncated, first, self._game_id.copy(), finished)
+        return EnvStep(obs, reward, terminated, truncated, first, self._game_id.copy(), finished,
+                       allowed=self._allowed())
 
     def close(self) -> None:
         """Nothing to release (numpy only); kept for the env interface."""
@@ -127,6 +128,11 @@ class MemoryVecEnv:
     def _terminated(self) -> np.ndarray:
         """bool [B]: episodes that the task's rules ended at this step (none for the DMLab-style tasks)."""
         return np.zeros(self.num_envs, dtype=bool)
+
+    def _allowed(self) -> np.ndarray | None:
+        """bool [B, num_actions]: the actions offered at the current observations (``EnvStep.allowed``);
+        None (the default): all of them at every step."""
+        return None
 
 
 class GridWalker:

@@ -13,7 +13,12 @@ An episode, for a delay D >= 1 and K >= 2 exits (one of K cues drawn per episode
     the cued exit, 0 otherwise, and the episode ends (``terminated``) at the exit's observation.
 
 So an episode is exactly D + 2 agent steps (actions), and the choice comes D + 1 steps after the
-cue was seen. Actions: the first K of the shared policy head (the others are masked).
+cue was seen. Actions: the first K of the shared policy head (the others are masked). The junction
+is the only step with a choice, and the task says so: its per-step mask (``EnvStep.allowed``)
+offers all K actions at the junction and only action 0 elsewhere. Without it the policy gradient
+scores D sampled corridor actions per episode that change nothing, noise carried into the core's
+parameters against the one junction term (docs/results.md, the T-maze diagnosis). The env itself
+still takes any of the K actions at any step, so the delay stays exactly D whatever is sent.
 
 Observation: uint8 [B, 1, K + 2] (one view, no frame stack, so the cue is never repeated): K cue
 indicators (one-hot at the start, zero after), then a corridor and a junction indicator; the exit's
@@ -111,6 +116,13 @@ class TMaze(MemoryVecEnv):
         """int64 [B]: START, CORRIDOR, JUNCTION or EXIT of each stream's position."""
         p = self.position
         return (p > 0).astype(np.int64) + (p > self.delay) + (p > self.delay + 1)
+
+    def _allowed(self) -> np.ndarray:
+        """bool [B, K]: all K exits at the junction, only action 0 at every other step."""
+        allowed = np.zeros((self.num_envs, self.num_actions), dtype=bool)
+        allowed[:, 0] = True
+        allowed[self._kind() == JUNCTION] = True
+        return allowed
 
     def _views(self) -> np.ndarray:
         """uint8 [B, K + 2]: cue one-hot (start only), corridor, junction."""

@@ -9,6 +9,7 @@ import torch
 from agent.cores import LSTMCore
 from agent.model import ActorCritic, Inputs
 from agent.config import ModelConfig
+from envs.registry import game_id
 
 T, B, D, H = 12, 3, 5, 7
 
@@ -204,3 +205,35 @@ def test_actor_critic_state_resets_where_first_is_set(model):
     torch.testing.assert_close(logits_a[2, 1], logits_b[2, 1], rtol=0, atol=1e-6)
     torch.testing.assert_close(values_a[2, 1], values_b[2, 1], rtol=0, atol=1e-6)
     assert not torch.allclose(values_a[:2, 1], values_b[:2, 1])
+
+
+def test_a_per_step_mask_leaves_one_action_with_probability_1_and_no_policy_gradient():
+    """``allowed`` [T, B, A_env] narrows the game's mask step by step; at a step with one action left
+    the log-probability and the entropy are 0 and carry no gradient into the core's output."""
+    torch.manual_seed(0)
+    model = ActorCritic(ModelConfig(encoder="nature", core="lstm", hidden_size=HIDDEN), num_actions=18,
+                        action_set="minimal")
+    core_out = torch.randn(MT, MB, HIDDEN, dtype=torch.float64, requires_grad=True)
+    model = model.double()
+    game = torch.full((MT, MB), game_id("tmaze-D-k3"))
+    allowed = torch.ones(MT, MB, 3, dtype=torch.bool)
+    allowed[1, 0, 1:] = False  # one step with only action 0
+
+    def score(mask):
+        logits, _ = model.heads(core_out, game, mask)
+        logp = torch.log_softmax(logits, -1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return logp, (logp[..., 0] + entropy).sum()
+
+    logp, loss = score(allowed)
+    probs = logp.exp()
+    assert (probs[..., 3:] == 0).all()  # the game's mask still holds
+    assert probs[1, 0, 0] == 1.0 and (probs[1, 0, 1:] == 0).all()
+    others = torch.ones(MT, MB, dtype=torch.bool)
+    others[1, 0] = False
+    assert (probs[..., :3][others] > 0).all()
+    (grad,) = torch.autograd.grad(loss, core_out)
+    assert (grad[1, 0] == 0).all() and grad[others].abs().sum() > 0
+    # Negative control: without the per-step mask the same step has a gradient.
+    (grad,) = torch.autograd.grad(score(None)[1], core_out)
+    assert grad[1, 0].abs().sum() > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import queue
 
+import numpy as np
 import torch
 
 from agent.model import ActorCritic
@@ -74,3 +75,33 @@ def test_rollout_marks_auto_reset_steps_and_terminal_flags_consistently():
         assert torch.equal(r.prev_action[1:][~r.first[1:]], r.action[:-1][~r.first[1:]])
         ends += int(r.done[:-1].sum())
     assert ends > 0
+
+
+def test_a_tmaze_rollout_carries_the_step_mask_and_acts_only_at_the_junction():
+    """The actor keeps the env's per-step mask in the rollout and samples within it: action 0 in
+    the corridor, both exits taken at the junction; the learner trains on the masked rollout."""
+    cfg = preset("memory-rtrl")
+    cfg.env.games, cfg.env.num_envs, cfg.learner.rollout_length = ["tmaze-3"], 16, 10
+    cfg.model.encoder = "mlp"
+    torch.manual_seed(0)
+    model = ActorCritic(cfg.model, NUM_ACTIONS, cfg.env.games, cfg.env.action_set)
+    env = make_env("tmaze-3", cfg.env.num_envs, seed=4)
+    rollouts: queue.Queue = queue.Queue(maxsize=1)
+    actor = Actor(env, copy.deepcopy(model), cfg.learner.rollout_length, 1.0, rollouts, ParamChannel(),
+                  torch.device("cpu"), initial_version=0, seed=0)
+    actor.start()
+    try:
+        rollout = rollouts.get(timeout=30)
+    finally:
+        actor.stop()
+        actor.join(timeout=10)
+        env.close()
+    assert rollout.allowed.shape == (11, 16, 2) and rollout.allowed.dtype == torch.bool
+    junction = rollout.frames[:, :, 0, 3] == 1  # the T-maze's junction indicator
+    torch.testing.assert_close(rollout.allowed[..., 1], junction, rtol=0, atol=0)
+    assert (rollout.action[~junction] == 0).all()
+    assert set(rollout.action[junction].tolist()) == {0, 1}
+    probs = torch.softmax(rollout.behaviour_logits, -1)
+    assert (probs[~junction][:, 0] == 1).all()
+    stats = Learner(model, cfg, torch.device("cpu")).update(rollout)
+    assert all(np.isfinite(v) for v in stats.values())

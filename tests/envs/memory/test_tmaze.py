@@ -75,6 +75,20 @@ def test_reward_is_1_only_at_the_cued_exit_and_only_at_the_choice():
     assert [r for r, _ in steps[-1].finished] == rewards[-1].tolist()
 
 
+@pytest.mark.parametrize("game,exits", [("tmaze-1", 2), ("tmaze-5-k4", 4)])
+def test_the_step_mask_offers_every_exit_at_the_junction_and_only_action_0_elsewhere(game, exits):
+    B = 8
+    rng = np.random.default_rng(3)
+    env = make_env(game, B, seed=0)
+    D = env.delay
+    steps = [env.reset()] + [env.step(rng.integers(0, exits, B)) for _ in range(2 * (D + 3))]
+    only_0 = np.eye(exits, dtype=bool)[np.zeros(B, dtype=np.int64)]
+    for t, s in enumerate(steps):  # two episodes: positions 0 .. D + 2, then the auto-reset start
+        assert s.allowed.shape == (B, exits) and s.allowed.dtype == bool
+        expect = np.ones((B, exits), dtype=bool) if t % (D + 3) == D + 1 else only_0
+        np.testing.assert_array_equal(s.allowed, expect, err_msg=f"step {t}")
+
+
 def test_same_seed_gives_the_same_cues_and_another_seed_differs():
     def cues(seed: int) -> np.ndarray:
         env = make_env("tmaze-3", 32, seed=seed)
