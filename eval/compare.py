@@ -10,6 +10,8 @@ percentile bootstrap interval with a fixed resampling seed (0) and ``reps`` repl
 Per group, with :math:`h^{(n)}_g` the final-stage HNS of seed ``n`` on game ``g``:
 
 - ``final_hns/<game>`` :math:`= \operatorname{mean}_n h^{(n)}_g` (finite entries only);
+- ``mean_hns`` the mean of all (seed, game) entries :math:`h^{(n)}_g` (the final average HNS), with
+  ``mean_hns_low``, ``mean_hns_high`` its stratified bootstrap interval as the IQM's;
 - ``iqm`` the interquartile mean of all (seed, game) entries :math:`h^{(n)}_g`, with ``iqm_low``,
   ``iqm_high`` its stratified bootstrap interval (strata = games, resampled runs = seeds;
   :func:`eval.metrics.stratified_bootstrap_ci`);
@@ -112,7 +114,8 @@ def compare_runs(run_dirs: list[Path], csv_path: Path | None = None, reps: int =
         ("seeds", [c["seeds"] for c in columns]),
     ]
     rows += [(f"final_hns/{game}", [c["final_hns"][j] for c in columns]) for j, game in enumerate(games)]
-    rows += [(name, [c[name] for c in columns]) for name in ("iqm", "iqm_low", "iqm_high")]
+    rows += [(name, [c[name] for c in columns])
+             for name in ("mean_hns", "mean_hns_low", "mean_hns_high", "iqm", "iqm_low", "iqm_high")]
     rows += [(f"{name}/{game}", [c[name][j] for c in columns])
              for j, game in enumerate(games) for name in ("learning", "learning_low", "learning_high", "learned")]
     rows += [(f"{name}{suffix}", [c[f"{name}{suffix}"] for c in columns])
@@ -210,8 +213,11 @@ def _group_stats(group: list[Run], games: list[str], reps: int) -> dict[str, Any
     if np.isfinite(final).any():
         point, low, high = stratified_bootstrap_ci(final, reps=reps, seed=0)
         stats.update(iqm=point, iqm_low=low, iqm_high=high)
+        point, low, high = stratified_bootstrap_ci(final, statistic=np.mean, reps=reps, seed=0)
+        stats.update(mean_hns=point, mean_hns_low=low, mean_hns_high=high)
     else:
-        stats.update(iqm=None, iqm_low=None, iqm_high=None)
+        stats.update({name: None for name in ("iqm", "iqm_low", "iqm_high",
+                                               "mean_hns", "mean_hns_low", "mean_hns_high")})
     learning, without_episodes = _learning(group, games, reps)
     stats["learning"], stats["learning_low"], stats["learning_high"] = (list(x) for x in zip(*learning))
     stats["learned"] = [None if p is None else _verdict(low, high) for p, low, high in learning]
@@ -293,6 +299,7 @@ def _table_text(labels: list[str], rows: list[tuple[str, list[Any]]], games: lis
     cells = dict(rows)
     lines: list[tuple[str, list[str]]] = [("seeds", [str(s) for s in cells["seeds"]])]
     lines += [(f"final HNS {g}", [_fmt(x) for x in cells[f"final_hns/{g}"]]) for g in games]
+    lines.append(("final mean HNS [95% CI]", _interval_cells(cells, "mean_hns")))
     lines.append(("IQM [95% CI]", _interval_cells(cells, "iqm")))
     lines += [(f"learning {g} [95% CI]", [f"{text} {verdict}" if verdict else text for text, verdict in
                                           zip(_interval_cells(cells, "learning", f"/{g}"), cells[f"learned/{g}"])])

@@ -79,6 +79,11 @@ def test_groups_by_config_and_matches_hand_computation(runs, capsys):
     assert rows["final_hns/Breakout"] == pytest.approx([0.7, 0.5])
     # IQM of {0.2, 0.4, 0.6, 0.8}: drop one from each end -> 0.5; of {0.3, 0.5} (n < 4) the mean.
     assert rows["iqm"] == pytest.approx([0.5, 0.4])
+    # Final average HNS: the mean of the same entries; lstm's interval resamples each game's two
+    # seeds, so its replicates lie in [0.4, 0.6]; elstm's one seed collapses.
+    assert rows["mean_hns"] == pytest.approx([0.5, 0.4])
+    assert 0.4 - 1e-12 <= rows["mean_hns_low"][0] < 0.5 < rows["mean_hns_high"][0] <= 0.6 + 1e-12
+    assert rows["mean_hns_low"][1] == rows["mean_hns_high"][1] == pytest.approx(0.4)
     # forgetting: Pong 0.5 - 0.2 = 0.3 and 0.6 - 0.4 = 0.2; BWT the negatives; elstm 0.0.
     assert rows["mean_forgetting"] == pytest.approx([0.25, 0.0])
     assert rows["bwt"] == pytest.approx([-0.25, 0.0])
@@ -165,7 +170,7 @@ def test_a_field_added_after_a_run_was_written_takes_its_default_when_grouping(t
 def test_cli_writes_csv_that_reads_back(runs, tmp_path):
     out_csv = tmp_path / "out" / "table.csv"
     proc = run_cli("eval", "--compare", *map(str, runs), "--csv", str(out_csv), timeout=60, check=True)
-    assert "IQM [95% CI]" in proc.stdout and str(out_csv) in proc.stdout
+    assert "IQM [95% CI]" in proc.stdout and "final mean HNS [95% CI]" in proc.stdout and str(out_csv) in proc.stdout
     with out_csv.open(newline="") as f:
         table = list(csv.reader(f))
     assert table[0] == ["metric", "model.core=lstm,model.learning=tbptt", "model.core=elstm,model.learning=rtrl"]
