@@ -382,21 +382,19 @@ def _preset_memory_tbptt() -> RunConfig:
 
 
 def _preset_tmaze() -> RunConfig:
-    """The delayed-cue T-maze sweep (issue 16): the eLSTM by exact RTRL on `tmaze-100` with the `mlp`
-    encoder, its settings chosen by measurement (docs/results.md, "The T-maze with a per-step action
-    mask"): the chrono init (a forget gate of 0.5 forgets the cue in about 2 steps), Adam at 2e-3
-    decaying linearly (RMSprop did not learn; at a constant rate a learned policy collapsed), and no
-    gradient-norm clip in effect (the clip of 40 stopped the credit RTRL carries across rollouts). The truncated baselines are flags on it:
-    ``--learning tbptt --unroll 10`` and ``--core lstm --learning tbptt``."""
-    cfg = _dense(RunConfig(), core="elstm", learning="rtrl")
+    """The delayed-cue T-maze sweep (issue 16): `memory-rtrl`'s eLSTM by exact RTRL on `tmaze-100` with
+    the `mlp` encoder and 32 envs, its settings chosen by measurement (docs/results.md, "The T-maze
+    with a per-step action mask"): the chrono init (a forget gate of 0.5 forgets the cue in about 2
+    steps), Adam decaying linearly (RMSprop did not learn; at a constant rate a learned policy
+    collapsed), and no gradient-norm clip in effect (the clip of 40 stopped the credit RTRL carries
+    across rollouts). The truncated baselines are flags on it: ``--learning tbptt --unroll 10`` and
+    ``--core lstm --learning tbptt``."""
+    cfg = _preset_memory_rtrl()
     cfg.env.games = ["tmaze-100"]
     cfg.env.num_envs = 32
     cfg.model.encoder = "mlp"
-    cfg.model.hidden_size = 128
     cfg.model.chrono_max = 300.0
     cfg.learner.optimizer = "adam"
-    cfg.learner.learning_rate = 2e-3
-    cfg.learner.entropy_cost = 0.003
     cfg.learner.grad_norm_clip = 1e6
     cfg.schedule.frames_per_game = 10_000_000
     cfg.schedule.checkpoint_every = 5_000_000
